@@ -1,0 +1,101 @@
+"""analyze / summarize on hand-made and real checkpoints; degenerate matrices are flagged, not fatal."""
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import topoprune
+from topoprune.analysis import COLUMNS
+from topoprune.errors import CheckpointError, ConfigError, TensorError
+
+
+def test_columns_and_known_degrees(mlp_state):
+    df = topoprune.analyze(mlp_state, density=0.25, n_jobs=1)
+    assert list(df.columns) == COLUMNS
+    assert set(df["role"]) == {"mlp_in", "mlp_out"} and set(df["block"]) == {0, 1}
+    row = df[df["name"] == "layers.0.mlp.fc1.weight"].iloc[0]
+    assert row["n_edges"] == round(0.25 * 96 * 48) and row["edge_mode"] == "density"
+    assert row["in_mean"] == pytest.approx(row["n_edges"] / 96) and row["out_mean"] == pytest.approx(row["n_edges"] / 48)
+    assert 0 <= row["modularity"] <= 1 and row["status"] == "ok"
+    assert df.attrs["config"]["graph"]["density"] == 0.25 and df.attrs["version"] == topoprune.__version__
+
+
+def test_jobs_do_not_change_results(mlp_state):
+    a = topoprune.analyze(mlp_state, n_jobs=1)
+    b = topoprune.analyze(mlp_state, n_jobs=2)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_all_zero_matrix_flagged(mlp_state):
+    mlp_state["layers.1.mlp.fc2.weight"] = torch.zeros(48, 96)
+    df = topoprune.analyze(mlp_state, n_jobs=1)
+    row = df.set_index("name").loc["layers.1.mlp.fc2.weight"]
+    assert row["status"] == "all_zero" and row["n_edges"] == 0 and np.isnan(row["in_alpha"])
+    assert (df["status"] == "ok").sum() == 3
+
+
+def test_nan_weights_error_or_flag(mlp_state):
+    mlp_state["layers.0.mlp.fc2.weight"][3, 4] = float("nan")
+    with pytest.raises(TensorError, match="layers.0.mlp.fc2.weight: contains NaN or Inf"):
+        topoprune.analyze(mlp_state, n_jobs=1)
+    df = topoprune.analyze(mlp_state, n_jobs=1, nonfinite="flag")
+    assert df.set_index("name").loc["layers.0.mlp.fc2.weight", "status"] == "nonfinite"
+
+
+def test_only_1d_tensors_refused():
+    with pytest.raises(CheckpointError, match="no 2-D floating-point weight matrices"):
+        topoprune.analyze({"a.bias": torch.ones(4), "b.bias": torch.ones(3)})
+
+
+def test_unknown_layout_analysed_as_linear_with_warning(caplog):
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 16))
+    with caplog.at_level(logging.WARNING, logger="topoprune"):
+        df = topoprune.analyze(model, n_jobs=1)
+    assert set(df["role"]) == {"linear"} and len(df) == 2
+    assert "unknown layout" in caplog.text
+    assert df.attrs["known_layout"] is False
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(density=0), "density must be in"), (dict(density=2.0), "density must be in"),
+    (dict(threshold=-1.0), "threshold must be"), (dict(roles=("qq",)), "unknown role"),
+    (dict(n_jobs=0), "n_jobs"), (dict(layers=(99,)), "no matrix matches"),
+])
+def test_bad_settings(mlp_state, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        topoprune.analyze(mlp_state, **kwargs)
+
+
+def test_pruned_checkpoint_uses_its_nonzeros(mlp_state):
+    w = mlp_state["layers.0.mlp.fc1.weight"]
+    w[w.abs() < 1.0] = 0  # ~68 % pruned
+    df = topoprune.analyze(mlp_state, n_jobs=1, fits=False)
+    row = df.set_index("name").loc["layers.0.mlp.fc1.weight"]
+    assert row["edge_mode"] == "nonzero" and row["n_edges"] == int((w != 0).sum())
+
+
+def test_layers_roles_selection_and_threshold(tiny_bert_dir):
+    df = topoprune.analyze(tiny_bert_dir, layers=[1], roles=["q", "mlp_in"], threshold=0.02, n_jobs=1)
+    assert set(df["block"]) == {1} and set(df["role"]) == {"q", "mlp_in"}
+    assert set(df["edge_mode"]) == {"threshold"}
+
+
+def test_minilm_report_and_summary(minilm_path):
+    rep = topoprune.analyze_report(minilm_path, block_modularity=True)
+    df = rep.matrices
+    assert len(df) == 37  # 6 blocks x 6 matrices + pooler
+    blocks = df[df["block"] >= 0]
+    assert blocks.groupby("block")["role"].apply(set).map(len).eq(6).all()
+    assert (df["status"] == "ok").all() and df["in_alpha"].notna().all()
+    assert set(rep.layered["component"]) == {"attention", "mlp"} and len(rep.layered) == 12
+    assert rep.layered["modularity"].between(0, 1).all()
+    mlp_in = df[df["role"] == "mlp_in"].iloc[0]
+    din, dout = rep.degrees[mlp_in["name"]]
+    assert din.shape == (1536,) and dout.shape == (384,) and din.mean() == pytest.approx(mlp_in["in_mean"])
+    s = topoprune.summarize(rep)
+    assert set(s["level"]) == {"role", "block", "model"}
+    model = s[s["level"] == "model"].iloc[0]
+    assert model["n_matrices"] == 37 and model["n_edges_total"] == df["n_edges"].sum()
+    assert s[s["level"] == "block"]["layered_modularity_mlp"].notna().sum() == 6

@@ -1,0 +1,111 @@
+"""Edges, degrees and layered graphs on hand-built matrices, with networkx as the oracle."""
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+
+from topoprune.config import GraphConfig
+from topoprune.errors import ConfigError, TensorError
+from topoprune.graphs import (attention_graph, bipartite_graph, edge_mask, expand_kv, from_mask, mlp_graph,
+                              select_edges, stack)
+
+
+def test_known_degrees_and_strengths():
+    w = torch.tensor([[1.0, 0.0, 2.0],
+                      [0.0, 0.0, -3.0]])
+    g = bipartite_graph(w)  # 50 % zeros -> already sparse: edges are the nonzeros
+    assert g.n_edges == 3
+    np.testing.assert_array_equal(g.in_degree(), [2, 1])  # fan-in of the 2 output neurons
+    np.testing.assert_array_equal(g.out_degree(), [1, 0, 2])  # fan-out of the 3 inputs
+    np.testing.assert_allclose(g.in_strength(), [3.0, 3.0])
+    np.testing.assert_allclose(g.out_strength(), [1.0, 0.0, 5.0])
+    np.testing.assert_allclose(g.connectivity("in"), [2 / 3, 1 / 3])
+
+
+def test_density_top_k_exact_and_deterministic_ties():
+    w = torch.ones(4, 5)  # all tied: the lowest row-major indices win
+    m = edge_mask(w, GraphConfig(density=0.3))
+    assert int(m.sum()) == 6
+    assert m.reshape(-1)[:6].all() and not m.reshape(-1)[6:].any()
+    rng = torch.Generator().manual_seed(1)
+    w = torch.randn(50, 40, generator=rng)
+    m = edge_mask(w, GraphConfig(density=0.1))
+    assert int(m.sum()) == 200
+    assert w.abs()[m].min() >= w.abs()[~m].max()
+    assert torch.equal(m, edge_mask(w.clone(), GraphConfig(density=0.1)))
+
+
+def test_threshold_and_nonzero_modes():
+    w = torch.tensor([[0.5, -0.05], [0.2, 0.01]])
+    sel = select_edges(w, GraphConfig(threshold=0.1))
+    assert sel.mode == "threshold" and sel.mask.tolist() == [[True, False], [True, False]]
+    pruned = torch.tensor([[0.0, 1e-6], [0.0, 0.0]])
+    sel = select_edges(pruned, GraphConfig(density=0.9))
+    assert sel.mode == "nonzero" and int(sel.mask.sum()) == 1 and sel.zero_fraction == 0.75
+
+
+def test_numpy_and_dtype_inputs_agree():
+    w = np.random.default_rng(0).standard_normal((30, 20)).astype(np.float32)
+    a = edge_mask(w)
+    b = edge_mask(torch.from_numpy(w).to(torch.bfloat16))
+    assert a.shape == (30, 20) and int(a.sum()) == int(b.sum()) == 60
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_weights_named(bad):
+    w = torch.zeros(3, 3) + 1.0
+    w[1, 2] = bad
+    with pytest.raises(TensorError, match="enc.q.weight: contains NaN or Inf"):
+        edge_mask(w, name="enc.q.weight")
+
+
+@pytest.mark.parametrize("density", [0.0, -0.1, 1.5])
+def test_bad_density(density):
+    with pytest.raises(ConfigError, match="density must be in"):
+        GraphConfig(density=density)
+
+
+def test_degrees_match_networkx():
+    w = torch.randn(40, 30, generator=torch.Generator().manual_seed(3))
+    g = bipartite_graph(w, GraphConfig(density=0.2))
+    G = g.to_networkx()
+    deg = dict(G.degree())
+    assert [deg[i] for i in range(30)] == g.out_degree().tolist()
+    assert [deg[30 + i] for i in range(40)] == g.in_degree().tolist()
+    strength = dict(G.degree(weight="weight"))
+    np.testing.assert_allclose([strength[30 + i] for i in range(40)], g.in_strength(), rtol=1e-5)
+    ig = g.to_igraph()
+    assert ig.ecount() == G.number_of_edges() and ig.degree() == [deg[i] for i in range(70)]
+
+
+def test_from_mask_counts_pruning_mask():
+    mask = torch.tensor([[True, False], [True, True]])
+    g = from_mask(mask, torch.tensor([[2.0, 5.0], [-1.0, 3.0]]))
+    assert g.in_degree().tolist() == [1, 2] and g.in_strength().tolist() == [2.0, 4.0]
+
+
+def test_expand_kv_grouped_query():
+    # 4 query heads share 2 kv heads, head_dim 1: query rows 0,1 read kv row 0; rows 2,3 read kv row 1
+    b = bipartite_graph(torch.tensor([[1.0, 0.0], [0.0, 1.0]])).biadjacency
+    e = expand_kv(b, n_heads=4, n_kv_heads=2, head_dim=1)
+    assert e.toarray().tolist() == [[1, 0], [1, 0], [0, 1], [0, 1]]
+
+
+def test_layered_attention_and_mlp_graphs_and_stack():
+    eye = torch.eye(4)
+    q = bipartite_graph(eye)
+    k = bipartite_graph(torch.roll(eye, 1, 0))
+    o = bipartite_graph(eye)
+    lg = attention_graph(q, k, q, o, n_heads=2, n_kv_heads=2, head_dim=2)
+    assert [n for _, n in lg.layers] == [4, 4, 4]
+    assert lg.n_edges == 8 + 4  # q|v on the diagonal + k shifted, then o
+    G = lg.to_networkx()
+    assert G.number_of_nodes() == 12 and G.number_of_edges() == 12
+    assert dict(G.degree()) == dict(enumerate(lg.degree().tolist()))
+    up = bipartite_graph(torch.ones(6, 4))
+    down = bipartite_graph(torch.ones(4, 6))
+    mg = mlp_graph(up, down)
+    whole = stack([lg, mg])
+    assert [n for _, n in whole.layers] == [4, 4, 4, 6, 4]
+    assert whole.n_edges == lg.n_edges + mg.n_edges
+    assert whole.to_igraph().ecount() == whole.n_edges

@@ -1,0 +1,141 @@
+"""Every checkpoint format reads back the same tensors; unsafe or broken files are refused by name."""
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from topoprune.errors import CheckpointError
+from topoprune.loading import default_checkpoint, iter_tensors, open_checkpoint
+
+
+@pytest.fixture
+def state():
+    g = torch.Generator().manual_seed(0)
+    return {"layers.0.mlp.fc1.weight": torch.randn(8, 4, generator=g),
+            "layers.0.mlp.fc1.bias": torch.randn(8, generator=g),
+            "layers.0.mlp.fc2.weight": torch.randn(4, 8, generator=g).half()}
+
+
+def _same(ckpt, state):
+    names = {t.name: t for t in ckpt.tensors()}
+    assert set(names) == set(state)
+    for name, tensor in state.items():
+        assert names[name].shape == tuple(tensor.shape)
+        assert torch.equal(ckpt.load(name), tensor)
+
+
+def test_single_safetensors_file(tmp_path, state):
+    save_file(state, tmp_path / "w.safetensors")
+    with open_checkpoint(tmp_path / "w.safetensors") as ckpt:
+        _same(ckpt, state)
+
+
+def test_sharded_safetensors_with_index(tmp_path, state):
+    names = sorted(state)
+    save_file({names[0]: state[names[0]]}, tmp_path / "model-00001-of-00002.safetensors")
+    save_file({n: state[n] for n in names[1:]}, tmp_path / "model-00002-of-00002.safetensors")
+    wmap = {names[0]: "model-00001-of-00002.safetensors"}
+    wmap.update({n: "model-00002-of-00002.safetensors" for n in names[1:]})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wmap}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "custom", "num_attention_heads": 2}))
+    ckpt = open_checkpoint(tmp_path)
+    _same(ckpt, state)
+    assert ckpt.config["num_attention_heads"] == 2
+    assert [i.name for i, _ in iter_tensors(ckpt)][0] == names[0]  # shard by shard
+
+
+def test_missing_shard_named(tmp_path, state):
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "gone.safetensors"}}))
+    with pytest.raises(CheckpointError, match="gone.safetensors.*missing"):
+        open_checkpoint(tmp_path)
+
+
+def test_pytorch_bin_and_nested_pt(tmp_path, state):
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    _same(open_checkpoint(tmp_path), state)
+    torch.save({"epoch": 3, "state_dict": state}, tmp_path / "ckpt.pt")
+    _same(open_checkpoint(tmp_path / "ckpt.pt"), state)
+    torch.save(state, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    _same(open_checkpoint(tmp_path / "legacy.pt"), state)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_code_executing_pickle_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"w": torch.ones(2, 2), "payload": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="evil.pt: refused: loading this pickle would execute code"):
+        open_checkpoint(path)
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(pickle.dumps({"x": _Evil()}))
+    with pytest.raises(CheckpointError, match="raw.bin"):
+        open_checkpoint(raw)
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_in_memory_module_and_state_dict(state):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    ckpt = open_checkpoint(model)
+    assert {t.name for t in ckpt.tensors()} == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    _same(open_checkpoint(state), state)
+
+
+def test_hf_directory_with_config(tiny_bert_dir):
+    ckpt = open_checkpoint(tiny_bert_dir)
+    assert ckpt.config["model_type"] == "bert"
+    assert any(t.name.endswith("attention.self.query.weight") for t in ckpt.tensors())
+
+
+def test_default_checkpoint_is_real_minilm():
+    path = default_checkpoint()
+    ckpt = open_checkpoint(path)
+    assert ckpt.config["hidden_size"] == 384 and ckpt.config["num_hidden_layers"] == 6
+    w = ckpt.load("encoder.layer.0.intermediate.dense.weight")
+    assert tuple(w.shape) == (1536, 384) and float(w.std()) > 0.01  # trained, not zeros
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "file is empty"),
+    (b'{"a": 1}', "is a JSON file, not weights"),
+    (b"hello world\nthis is text\n", "is a text file, not weights"),
+    (b"\x07\x00\xff\xfe\x00garbage\x00\x01" * 10, "not a recognised weights format"),
+])
+def test_non_weight_files(tmp_path, content, message):
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message) as err:
+        open_checkpoint(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_truncated_and_corrupt_safetensors(tmp_path, state):
+    good = tmp_path / "good.safetensors"
+    save_file(state, good)
+    data = good.read_bytes()
+    trunc = tmp_path / "trunc.safetensors"
+    trunc.write_bytes(data[: len(data) - 40])
+    with pytest.raises(CheckpointError, match="trunc.safetensors: not a valid safetensors file"):
+        open_checkpoint(trunc).tensors()
+    bad_header = tmp_path / "hdr.safetensors"
+    bad_header.write_bytes(data[:8] + b"{" + b"x" * (len(data) - 9))
+    with pytest.raises(CheckpointError, match="hdr.safetensors"):
+        open_checkpoint(bad_header)
+
+
+def test_missing_path_and_empty_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file or directory"):
+        open_checkpoint(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="directory holds no weights"):
+        open_checkpoint(tmp_path)
+
+
+def test_corrupt_config_json_named(tmp_path, state):
+    save_file(state, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
+        open_checkpoint(tmp_path)

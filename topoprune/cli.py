@@ -1,0 +1,213 @@
+"""``topoprune`` command line: analyze, compare, plot. The only module that prints.
+
+Bad input (missing or corrupt files, NaN weights, bad settings) ends with one line on
+stderr naming the file or tensor, and exit code 2. ``--debug`` shows tracebacks.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import TopopruneError
+
+log = logging.getLogger("topoprune")
+
+SUMMARY_COLUMNS = ["key", "n_matrices", "in_mean", "in_conn_sd", "in_gini", "in_dead", "in_alpha",
+                   "in_power_law_share", "out_alpha", "modularity"]
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record):
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging(verbose: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    root = logging.getLogger("topoprune")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.propagate = False
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class _Group(click.Group):
+    """Turns library errors into one line and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TopopruneError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+def _parse_layers(text: str | None):
+    if not text:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+        except ValueError:
+            raise click.BadParameter(f"{text!r}: use block indices like 0,2,5-7", param_hint="--layers") from None
+    return tuple(out)
+
+
+def _parse_roles(text: str | None):
+    return tuple(r.strip() for r in text.split(",") if r.strip()) if text else None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="topoprune")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr.")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def main(ctx, verbose, debug):
+    """Transformers as networks: weight graphs, degree distributions, power-law fits, modularity."""
+    ctx.obj = {"debug": debug}
+    _setup_logging(verbose)
+
+
+def _analysis_options(f):
+    options = [
+        click.option("--density", type=float, default=None, help="Fraction of entries kept as edges, by |w| [0.1]."),
+        click.option("--threshold", type=float, default=None, help="Keep entries with |w| >= THRESHOLD instead."),
+        click.option("--layers", default=None, help="Block indices, e.g. 0,2,5-7 [all]."),
+        click.option("--roles", default=None, help="Roles, e.g. q,k,mlp_in [all]."),
+        click.option("--fits/--no-fits", default=True, show_default=True, help="Power-law fits."),
+        click.option("--modularity/--no-modularity", default=True, show_default=True,
+                     help="Leiden modularity of every matrix graph."),
+        click.option("--block-modularity", is_flag=True, help="Also the layered attention/MLP graph of each block."),
+        click.option("--embeddings", is_flag=True, help="Also analyse embeddings and the LM head."),
+        click.option("--nonfinite", type=click.Choice(["error", "flag"]), default="error", show_default=True,
+                     help="NaN/Inf in a matrix: stop, or flag it in the status column and go on."),
+        click.option("-j", "--jobs", type=int, default=-1, show_default=True,
+                     help="Worker processes (-1: one per CPU)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the community detection."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _run_analysis(checkpoint, density, threshold, layers, roles, fits, modularity, block_modularity, embeddings,
+                  nonfinite, jobs, seed, progress=True):
+    from .analysis import analyze_report
+    from .config import AnalysisConfig, GraphConfig, ModularityConfig
+    from .loading import default_checkpoint
+
+    source = checkpoint if checkpoint is not None else default_checkpoint()
+    graph = GraphConfig(density=0.1 if density is None else density, threshold=threshold)
+    config = AnalysisConfig(graph=graph, modularity=ModularityConfig(seed=seed), fits=fits,
+                            matrix_modularity=modularity, block_modularity=block_modularity,
+                            include_embeddings=embeddings, nonfinite=nonfinite, n_jobs=jobs)
+    return analyze_report(source, config=config, layers=_parse_layers(layers), roles=_parse_roles(roles),
+                          progress=progress and sys.stderr.isatty())
+
+
+def _print_table(df, columns):
+    import pandas as pd
+
+    cols = [c for c in columns if c in df.columns]
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
+        click.echo(df[cols].to_string(index=False))
+
+
+@main.command()
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("topoprune-report"), show_default=True,
+              help="Report directory.")
+@click.option("--plots/--no-plots", default=False, show_default=True, help="Write figures into OUT/figures.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@_analysis_options
+def analyze(checkpoint, out, plots, as_json, **opts):
+    """Analyse CHECKPOINT (default: the embedded all-MiniLM-L6-v2).
+
+    CHECKPOINT: a Hugging Face model directory, a .safetensors / .bin / .pt / .gguf file.
+    Writes report.csv, summary.csv, report.json, degrees and patterns into OUT.
+    """
+    from .analysis import summarize
+    from .report import save_report
+
+    report = _run_analysis(checkpoint, **opts)
+    summary = summarize(report)
+    save_report(report, out, summary=summary)
+    if plots:
+        from .plotting import save_figures
+
+        save_figures(report, out / "figures")
+    if as_json:
+        click.echo((out / "report.json").read_text())
+        return
+    click.echo(f"{report.meta['source']}: {len(report.matrices)} matrices "
+               f"({report.meta['model_type'] or 'unknown type'}); report in {out}/")
+    _print_table(summary[summary["level"] == "role"], SUMMARY_COLUMNS)
+
+
+def _load_side(path: Path, opts):
+    from .report import load_report
+
+    if path.is_dir() and (path / "report.json").is_file():
+        return load_report(path).matrices
+    if path.is_file() and path.name == "report.json":
+        return load_report(path).matrices
+    return _run_analysis(path, **opts).matrices
+
+
+@main.command()
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Write the comparison as CSV.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
+@_analysis_options
+def compare(a, b, out, as_json, **opts):
+    """Compare two checkpoints or report directories metric by metric (B - A)."""
+    from .report import _records, atomic_path
+    from .report import compare as compare_tables
+
+    table = compare_tables(_load_side(a, opts), _load_side(b, opts))
+    if out is not None:
+        with atomic_path(out) as tmp:
+            table.to_csv(tmp, index=False)
+    if as_json:
+        click.echo(json.dumps(_records(table), indent=1))
+        return
+    cols = ["name", "in_mean_delta", "in_conn_sd_delta", "in_alpha_a", "in_alpha_b", "modularity_delta", "present"]
+    _print_table(table, cols)
+
+
+@main.command()
+@click.argument("report_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="Figure directory [REPORT_DIR/figures].")
+def plot(report_dir, out):
+    """Regenerate the figures of a saved report (PNG and SVG)."""
+    from .plotting import save_figures
+    from .report import load_report
+
+    report = load_report(report_dir)
+    paths = save_figures(report, out or Path(report_dir) / "figures")
+    click.echo(f"{len(paths)} files written to {out or Path(report_dir) / 'figures'}/")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
