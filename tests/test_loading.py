@@ -139,3 +139,52 @@ def test_corrupt_config_json_named(tmp_path, state):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
         open_checkpoint(tmp_path)
+
+
+def _write_tiny_llama_gguf(path):
+    """A 2-layer LLaMA GGUF (fp32) written with the gguf package's writer."""
+    import numpy as np
+
+    gguf = pytest.importorskip("gguf")  # gguf is a dev dependency: this only skips for a bare install
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    hidden, ffn, layers, heads, kv, vocab = 32, 64, 2, 4, 2, 50
+    w.add_block_count(layers)
+    w.add_context_length(64)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(hidden // heads)
+    w.add_vocab_size(vocab)
+    rng = np.random.default_rng(0)
+
+    def t(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    w.add_tensor("token_embd.weight", t(vocab, hidden))
+    w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    w.add_tensor("output.weight", t(vocab, hidden))
+    for i in range(layers):
+        p = f"blk.{i}."
+        w.add_tensor(p + "attn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(p + "ffn_norm.weight", np.ones(hidden, np.float32))
+        for name, shape in (("attn_q", (hidden, hidden)), ("attn_k", (kv * 8, hidden)), ("attn_v", (kv * 8, hidden)),
+                            ("attn_output", (hidden, hidden)), ("ffn_gate", (ffn, hidden)), ("ffn_up", (ffn, hidden)),
+                            ("ffn_down", (hidden, ffn))):
+            w.add_tensor(p + name + ".weight", t(*shape))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_gguf_through_transformers(tmp_path, capfd):
+    path = tmp_path / "tiny.gguf"
+    _write_tiny_llama_gguf(path)
+    ckpt = open_checkpoint(path)
+    assert ckpt.source == str(path) and ckpt.config["model_type"] == "llama"
+    names = {t.name: t.shape for t in ckpt.tensors()}
+    assert names["model.layers.1.self_attn.k_proj.weight"] == (16, 32)
+    assert names["model.layers.0.mlp.down_proj.weight"] == (32, 64)
+    assert "de-quantizing" not in capfd.readouterr().err

@@ -11,6 +11,8 @@ code is refused. GGUF files are dequantised through transformers (needs ``gguf``
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import pickle
@@ -231,8 +233,9 @@ def _load_gguf(path: Path) -> Checkpoint:
 
     hf_logging.set_verbosity_error()
     log.info("dequantising %s to fp32 through transformers", path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+    try:  # transformers shows its own tqdm bar while dequantising: keep stderr clean
+        with contextlib.redirect_stderr(io.StringIO()):
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as exc:
         raise CheckpointError(f"{path}: GGUF file cannot be loaded ({_short(exc)})") from None
     ckpt = from_module(model)
