@@ -99,3 +99,16 @@ def test_minilm_report_and_summary(minilm_path):
     model = s[s["level"] == "model"].iloc[0]
     assert model["n_matrices"] == 37 and model["n_edges_total"] == df["n_edges"].sum()
     assert s[s["level"] == "block"]["layered_modularity_mlp"].notna().sum() == 6
+
+
+def test_block_and_whole_model_graphs(tiny_bert_dir):
+    rep = topoprune.analyze_report(tiny_bert_dir, block_modularity=True, model_modularity=True, fits=False)
+    lay = rep.layered.set_index(["block", "component"])
+    assert set(lay.index) == {(0, "attention"), (0, "mlp"), (1, "attention"), (1, "mlp"), (-1, "model")}
+    whole = lay.loc[(-1, "model")]
+    blocks = rep.layered[rep.layered["component"] != "model"]
+    assert whole["n_layers"] == 9 and whole["n_edges"] == blocks["n_edges"].sum()
+    assert whole["n_nodes"] == 5 * 64 + 2 * 64 + 2 * 128  # 5 residual stages, 2 head and 2 hidden layers
+    mlp0 = lay.loc[(0, "mlp")]
+    assert mlp0["hidden_n"] == 128 and mlp0["n_nodes"] == 64 + 128 + 64
+    assert 0 < whole["modularity"] < 1

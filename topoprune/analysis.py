@@ -30,7 +30,7 @@ from . import __version__
 from .config import AnalysisConfig, ConfigError, GraphConfig
 from .errors import CheckpointError, TensorError
 from .fits import fit_degrees
-from .graphs import BipartiteGraph, LayeredGraph, _csr, attention_graph, mlp_graph, select_edges
+from .graphs import BipartiteGraph, LayeredGraph, _csr, attention_graph, mlp_graph, select_edges, stack
 from .loading import open_checkpoint
 from .metrics import degree_stats, edge_modularity
 from .roles import ROLES, MatrixSpec, describe
@@ -123,8 +123,11 @@ def _heavy_metrics(in_deg, out_deg, n_nodes, edges, weights, config: AnalysisCon
 
 def _layered_metrics(lg: LayeredGraph, key: dict, config: AnalysisConfig) -> dict:
     deg = lg.degree()
-    row = dict(key, n_nodes=lg.n_nodes, n_edges=lg.n_edges)
-    row.update(degree_stats(deg[lg.offsets[1]:lg.offsets[2]], lg.layers[0][1] + lg.layers[2][1], prefix="hidden_"))
+    row = dict(key, n_layers=len(lg.layers), n_nodes=lg.n_nodes, n_edges=lg.n_edges,
+               mean_degree=float(deg.mean()) if deg.size else np.nan)
+    if len(lg.layers) == 3:  # a block graph: the middle (heads / hidden) layer's degrees
+        row.update(degree_stats(deg[lg.offsets[1]:lg.offsets[2]], lg.layers[0][1] + lg.layers[2][1],
+                                prefix="hidden_"))
     edges, w = lg.edge_arrays()
     com = edge_modularity(lg.n_nodes, edges, w if config.modularity.weighted else None, config.modularity)
     row.update(modularity=com.modularity, n_communities=com.n_communities)
@@ -221,6 +224,21 @@ def _select(specs, config: AnalysisConfig):
     return out
 
 
+def _model_graphs(built: dict) -> list[tuple[dict, LayeredGraph]]:
+    """Whole-model multipartite graphs: each side's self-attention and MLP block graphs stacked
+    through the residual stream in block order (cross-attention is left out)."""
+    out = []
+    for side in sorted({s for s, _ in built}):
+        chain = [lg for (s, b) in sorted(k for k in built if k[0] == side)
+                 for comp, lg in built[(s, b)] if comp in ("attention", "mlp")]
+        if chain:
+            try:
+                out.append(({"side": side, "block": -1, "component": "model"}, stack(chain)))
+            except TensorError as exc:
+                log.warning("whole-model graph of %s side skipped: %s", side or "the", exc)
+    return out
+
+
 def _block_graphs(graphs: dict) -> list[tuple[dict, LayeredGraph]]:
     """Layered attention / MLP graphs of one block from its matrices' graphs."""
     built = []
@@ -313,13 +331,18 @@ def analyze_report(source, density: float | None = None, *, threshold: float | N
                     futures.append(fut)
                     if g is not None and g.n_edges:
                         degrees[spec.name] = (g.in_degree().astype(np.int32), g.out_degree().astype(np.int32))
-                    if config.block_modularity and g is not None and spec.block >= 0:
+                    if (config.block_modularity or config.model_modularity) and g is not None and spec.block >= 0:
                         keep[(spec.side, spec.block)][spec.role] = (g, spec)
                     bar.update(1)
                 del tensor
-            for (side, block), graphs in sorted(keep.items()):
-                for component, lg in _block_graphs(graphs):
+            built = {key: _block_graphs(graphs) for key, graphs in sorted(keep.items())}
+            keep.clear()
+            for (side, block), graphs in built.items():
+                for component, lg in graphs:
                     key = {"side": side, "block": block, "component": component}
+                    layered.append(executor.submit(_layered_metrics, lg, key, config))
+            if config.model_modularity:
+                for key, lg in _model_graphs(built):
                     layered.append(executor.submit(_layered_metrics, lg, key, config))
             for row, fut in zip(rows, futures):
                 if fut is not None:
@@ -384,7 +407,10 @@ def summarize(df, layered: pd.DataFrame | None = None) -> pd.DataFrame:
         parts.append(summ)
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["level", "key"])
     if layered is not None and len(layered):
-        lay = layered
+        whole = layered[layered["component"] == "model"]
+        if len(whole):
+            out.loc[out["level"] == "model", "layered_modularity_model"] = float(whole["modularity"].mean())
+        lay = layered[layered["component"] != "model"]
         out = out.merge(
             lay.pivot_table(index=lay["side"].astype(str) + ":" + lay["block"].astype(str), columns="component",
                             values="modularity").add_prefix("layered_modularity_").reset_index(names="key")

@@ -97,6 +97,8 @@ def _analysis_options(f):
         click.option("--modularity/--no-modularity", default=True, show_default=True,
                      help="Leiden modularity of every matrix graph."),
         click.option("--block-modularity", is_flag=True, help="Also the layered attention/MLP graph of each block."),
+        click.option("--model-graph", is_flag=True,
+                     help="Also the whole-model multipartite graph (blocks stacked through the residual stream)."),
         click.option("--embeddings", is_flag=True, help="Also analyse embeddings and the LM head."),
         click.option("--nonfinite", type=click.Choice(["error", "flag"]), default="error", show_default=True,
                      help="NaN/Inf in a matrix: stop, or flag it in the status column and go on."),
@@ -109,8 +111,8 @@ def _analysis_options(f):
     return f
 
 
-def _run_analysis(checkpoint, density, threshold, layers, roles, fits, modularity, block_modularity, embeddings,
-                  nonfinite, jobs, seed, progress=True):
+def _run_analysis(checkpoint, density, threshold, layers, roles, fits, modularity, block_modularity, model_graph,
+                  embeddings, nonfinite, jobs, seed, progress=True):
     from .analysis import analyze_report
     from .config import AnalysisConfig, GraphConfig, ModularityConfig
     from .loading import default_checkpoint
@@ -119,6 +121,7 @@ def _run_analysis(checkpoint, density, threshold, layers, roles, fits, modularit
     graph = GraphConfig(density=0.1 if density is None else density, threshold=threshold)
     config = AnalysisConfig(graph=graph, modularity=ModularityConfig(seed=seed), fits=fits,
                             matrix_modularity=modularity, block_modularity=block_modularity,
+                            model_modularity=model_graph,
                             include_embeddings=embeddings, nonfinite=nonfinite, n_jobs=jobs)
     return analyze_report(source, config=config, layers=_parse_layers(layers), roles=_parse_roles(roles),
                           progress=progress and sys.stderr.isatty())

@@ -144,6 +144,10 @@ class AnalysisConfig:
         Leiden modularity of every matrix's bipartite graph.
     block_modularity : bool
         Modularity of each block's layered attention and MLP graphs (heavier).
+    model_modularity : bool
+        Also the whole-model multipartite graph (blocks stacked through the residual
+        stream, one per encoder/decoder side): degrees and modularity. Slow on big models
+        (BERT-base: ~8.5 M edges, ~25 s).
     include_embeddings : bool
         Analyse embedding and LM-head matrices (vocabulary x hidden; large, skipped by default).
     pattern_size : int
@@ -165,6 +169,7 @@ class AnalysisConfig:
     fits: bool = True
     matrix_modularity: bool = True
     block_modularity: bool = False
+    model_modularity: bool = False
     include_embeddings: bool = False
     nonfinite: str = "error"
     n_jobs: int = -1

@@ -17,6 +17,7 @@ import json
 import logging
 import pickle
 import struct
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,7 +198,9 @@ def _flatten_tensors(obj, prefix: str = "") -> dict:
 
 def _load_torch(path: Path, config: dict, fmt: str) -> Checkpoint:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=fmt == "torch")
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise for a user
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=fmt == "torch")
     except pickle.UnpicklingError as exc:
         msg = _short(exc)
         if any(k in msg for k in ("Weights only load failed", "weights_only", "Unsupported global", "GLOBAL")):
