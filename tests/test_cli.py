@@ -102,3 +102,13 @@ def test_nan_flag_mode_goes_on(tmp_path):
 def test_bad_layers_flag():
     r = CliRunner().invoke(main, ["analyze", "--layers", "a-b"])
     assert r.exit_code == 2 and "--layers" in r.output
+
+
+def test_json_output_and_help(tmp_path):
+    save_file({"layers.0.mlp.fc1.weight": torch.randn(32, 16)}, tmp_path / "m.safetensors")
+    r = run("analyze", tmp_path / "m.safetensors", "--json", "--out", tmp_path / "o", "-j", "1", "--no-modularity")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["matrices"][0]["role"] == "mlp_in" and doc["config"]["matrix_modularity"] is False
+    r = run("analyze", "--help")
+    assert r.exit_code == 0 and "--density" in r.output and "--block-modularity" in r.output

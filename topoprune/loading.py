@@ -2,7 +2,7 @@
 
 :func:`open_checkpoint` sniffs the file content (not just the suffix) and returns a
 :class:`Checkpoint` that lists tensor names and shapes without reading data, and loads one
-tensor at a time (safetensors are memory-mapped, one shard open at a time), so memory is
+tensor at a time (safetensors are memory-mapped for the time of one tensor's copy), so memory is
 bounded by the largest tensor, not by the model.
 
 Pickle-based files are read with ``torch.load(weights_only=True)``: a pickle that would run
@@ -82,7 +82,7 @@ class Checkpoint:
 
 
 class SafetensorsCheckpoint(Checkpoint):
-    """One or more safetensors shards, memory-mapped; one shard open at a time."""
+    """One or more safetensors shards, memory-mapped one tensor at a time."""
 
     def __init__(self, files: list[Path], config: dict, source: str):
         from safetensors import safe_open
@@ -90,8 +90,6 @@ class SafetensorsCheckpoint(Checkpoint):
         self._safe_open = safe_open
         self.source, self.config = source, config
         self._infos: list[TensorInfo] = []
-        self._open_path: str | None = None
-        self._handle = None
         for f in files:
             if not f.is_file():
                 raise CheckpointError(f"{f}: shard listed in the index is missing")
@@ -110,20 +108,14 @@ class SafetensorsCheckpoint(Checkpoint):
         return list(self._infos)
 
     def load(self, name: str) -> torch.Tensor:
+        # Open the shard for each tensor: the memory map is released right after the copy,
+        # so file pages read earlier do not pile up in this process's resident set.
         shard = self._shard_of[name]
-        if shard != self._open_path:
-            self.close()
-            self._handle = self._safe_open(shard, framework="pt").__enter__()
-            self._open_path = shard
         try:
-            return self._handle.get_tensor(name)
+            with self._safe_open(shard, framework="pt") as handle:
+                return handle.get_tensor(name)
         except Exception as exc:
             raise CheckpointError(f"{shard}: tensor {name!r} cannot be read ({_short(exc)})") from None
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.__exit__(None, None, None)
-        self._handle, self._open_path = None, None
 
 
 class StateDictCheckpoint(Checkpoint):
