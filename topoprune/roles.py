@@ -29,7 +29,8 @@ _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "float64", "float32", "float16", "
 
 _CROSS_CTX = {"encdecattention", "encoder_attn", "crossattention", "cross_attn", "src_attn", "cross_attention"}
 _ATTN_CTX = {"attention", "attn", "self_attn", "self_attention", "selfattention", "self"} | _CROSS_CTX
-_MLP_CTX = {"mlp", "ffn", "feed_forward", "densereludense", "intermediate", "ff", "feedforward", "experts", "block_sparse_moe"}
+_MLP_CTX = {"mlp", "ffn", "feed_forward", "densereludense", "intermediate", "ff", "feedforward", "experts",
+            "block_sparse_moe"}
 _Q = {"q_proj", "query", "q", "q_lin", "wq", "q_attn"}
 _K = {"k_proj", "key", "k", "k_lin", "wk"}
 _V = {"v_proj", "value", "v", "v_lin", "wv"}
@@ -46,6 +47,7 @@ _CONV1D_LEAVES = {"c_attn", "q_attn", "c_proj", "c_fc"}
 _BLOCK_CONTAINERS = {"layer", "layers", "h", "block", "blocks"}
 _INTERLEAVED_QKV = {"gpt_neox", "bloom", "gptj"}  # fused query_key_value stored per head: [q_h, k_h, v_h]
 _GROUPED_QKV = {"internlm2"}  # like Falcon new_decoder_architecture: per kv head [q_1..q_g, k, v]
+_FALCON = {"falcon", "refinedweb", "refinedwebmodel"}
 _ENCODER_ONLY = {"bert", "roberta", "distilbert", "xlm-roberta", "electra", "albert", "deberta", "deberta-v2",
                  "mpnet", "camembert", "ernie"}
 
@@ -139,16 +141,39 @@ def geometry(config: dict, side: str = "") -> _Geometry:
 
 
 def _kv_heads(config: dict, heads: int) -> int:
-    """Key-value heads. Falcon's ``num_kv_heads`` only counts with ``new_decoder_architecture``:
-    ``multi_query`` (Falcon-7B, GPTBigCode) means one kv head, and the old non-multi-query
-    Falcon layout has as many kv heads as query heads, whatever ``num_kv_heads`` says."""
-    new_arch = config.get("new_decoder_architecture")
-    if config.get("multi_query") and not new_arch:
-        return 1
-    if config.get("model_type") == "falcon" and not new_arch:
+    """Key-value heads.
+
+    Falcon's ``num_kv_heads`` only counts with ``new_decoder_architecture``: ``multi_query``
+    (Falcon-7B, GPTBigCode) means one kv head, and the old per-head interleaved Falcon layout
+    has as many kv heads as query heads, whatever ``num_kv_heads`` says.
+    """
+    layout = _qkv_layout(config)
+    if layout == "interleaved":
         return heads
+    if layout == "stacked" and config.get("multi_query", _model_type(config) in _FALCON):
+        return 1
     return int(_cfg(config, "num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num",
                     default=heads) or 0)
+
+
+def _model_type(config: dict) -> str:
+    return str(config.get("model_type", "")).lower()
+
+
+def _qkv_layout(config: dict) -> str:
+    """Row layout of a fused q/k/v projection: ``grouped``, ``interleaved`` or ``stacked``.
+
+    ``grouped``: per kv head ``[q_1..q_group, k, v]`` (Falcon ``new_decoder_architecture``,
+    InternLM2); ``interleaved``: per head ``[q_h, k_h, v_h]`` (GPT-NeoX, BLOOM, Falcon without
+    ``multi_query``); ``stacked``: ``[q; k; v]`` with k and v of ``n_kv_heads`` heads (GPT-2
+    ``c_attn``, Phi-3 ``qkv_proj``, Falcon ``multi_query``, GPTBigCode).
+    """
+    model_type = _model_type(config)
+    if model_type in _GROUPED_QKV or (model_type in _FALCON and config.get("new_decoder_architecture")):
+        return "grouped"
+    if model_type in _INTERLEAVED_QKV or (model_type in _FALCON and not config.get("multi_query", True)):
+        return "interleaved"
+    return "stacked"
 
 
 def _block_of(parts: list[str]) -> int:
@@ -209,27 +234,22 @@ def _classify(parts: list[str]) -> str | None:
     return None
 
 
-def _split_qkv(out_rows: int, geo: _Geometry, model_type: str, config: dict, leaf: str):
-    """Row ranges of q, k, v inside a fused projection, or None when unknowable.
+def _split_qkv(out_rows: int, geo: _Geometry, config: dict):
+    """Row ranges of q, k, v inside a fused projection (see :func:`_qkv_layout`), or None.
 
-    Layouts, in ``[out, in]`` rows: GPT-NeoX/BLOOM and old Falcon interleave per head
-    ``[q_h, k_h, v_h]``; Falcon ``new_decoder_architecture`` stores per kv group
-    ``[q_1..q_g, k, v]``; everything else (GPT-2 ``c_attn``, Phi-3 ``qkv_proj``, Falcon
-    ``multi_query``, GPTBigCode) is ``[q; k; v]`` with k and v of ``n_kv_heads`` heads.
-    Without head counts only the equal-thirds ``[q; k; v]`` split is assumed.
+    None when the head counts do not add up to ``out_rows``; without head counts only the
+    equal-thirds ``[q; k; v]`` split is assumed.
     """
     h, kv, hd = geo.n_heads, geo.n_kv_heads, geo.head_dim
-    falcon = model_type == "falcon"
-    new_arch = model_type in _GROUPED_QKV or (falcon and bool(config.get("new_decoder_architecture")))
-    interleaved = model_type in _INTERLEAVED_QKV or (falcon and not new_arch and not config.get("multi_query", True))
+    layout = _qkv_layout(config)
     if not (h and kv and hd):
-        if interleaved or new_arch or out_rows % 3:
+        if layout != "stacked" or out_rows % 3:
             return None
         third = out_rows // 3
         return {"q": ((0, third),), "k": ((third, 2 * third),), "v": ((2 * third, out_rows),)}
-    if new_arch:
+    if layout == "grouped":
         return _split_grouped(out_rows, h, kv, hd)
-    if interleaved:
+    if layout == "interleaved":
         if 3 * h * hd != out_rows:
             return None
         return {c: tuple((i * 3 * hd + j * hd, i * 3 * hd + (j + 1) * hd) for i in range(h))
@@ -259,10 +279,11 @@ def describe(ckpt: Checkpoint) -> Layout:
     -------
     Layout
         ``known`` is False when no attention or MLP matrix was recognised (the matrices
-        are then all ``linear``/``other`` and a warning is logged).
+        are then all ``linear`` and a warning is logged). 1-D tensors, integer and boolean
+        buffers and 2-D biases are not matrices: their names are in ``skipped``.
     """
     config = ckpt.config or {}
-    model_type = str(config.get("model_type", "")).lower()
+    model_type = _model_type(config)
     specs: list[MatrixSpec] = []
     skipped: list[str] = []
     for info in ckpt.tensors():
@@ -318,10 +339,10 @@ def _describe_one(info: TensorInfo, ckpt: Checkpoint, config: dict, model_type: 
             half = out_rows // 2
             pieces = {"cross_k": ((0, half),), "cross_v": ((half, out_rows),)}
         else:
-            split = _split_qkv(out_rows, geo, model_type, config, leaf)
+            split = _split_qkv(out_rows, geo, config)
             if split is None:
-                log.warning("%s: cannot split fused %s without head counts in config.json; analysed whole",
-                            ckpt.source, name)
+                log.warning("%s: cannot split fused %s (%d rows) with the head counts in config.json; "
+                            "analysed whole", ckpt.source, name, out_rows)
                 return [MatrixSpec(name, role="linear", shape=shape, **common)]
             pieces = split
         out = []
