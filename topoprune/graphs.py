@@ -112,9 +112,17 @@ def edge_mask(weight, config: GraphConfig | None = None, *, name: str = "weight"
 
 
 def _csr(mask: torch.Tensor, values: torch.Tensor | None) -> sp.csr_array:
-    rows, cols = mask.nonzero(as_tuple=True)
-    data = (values[rows, cols].abs() if values is not None else torch.ones(rows.numel())).to(torch.float32)
-    return sp.csr_array((data.numpy(), (rows.numpy(), cols.numpy())), shape=tuple(mask.shape))
+    # Row-major nonzero() is already CSR order: build indptr/indices directly (no COO sort).
+    mask = mask.detach().cpu()
+    n_out, n_in = mask.shape
+    indices = mask.nonzero(as_tuple=True)[1].numpy().astype(np.int32)
+    counts = mask.sum(dim=1, dtype=torch.int64).numpy()
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64 if indices.size > 2**31 - 1 else np.int32)
+    if values is not None:
+        data = values.detach().cpu()[mask].abs().to(torch.float32).numpy()
+    else:
+        data = np.ones(indices.size, np.float32)
+    return sp.csr_array((data, indices, indptr), shape=(n_out, n_in))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,183 @@
+"""NeuroPrune inside an unmodified Hugging Face ``Trainer``: a callback and a loss hook.
+
+Hook order (the three mask sites of :class:`~topoprune.masking.MaskSet`):
+
+======================  ===============================================================
+``compute_loss``        task loss + :meth:`NeuroPrune.penalty` (:class:`NeuroPruneTrainer`)
+``on_pre_optimizer_step``  gradients masked (after clipping, before ``optimizer.step``)
+``on_optimizer_step``   new small weights masked, scheduled target masks applied,
+                        weights and optimizer state re-masked, attachment scores refreshed
+``on_step_end``         head pruning every N steps (if so configured); topology every
+                        ``topology_every`` steps, logged through ``Trainer.log``
+``on_epoch_end``        dominating-set head pruning (the paper's default)
+``on_evaluate``         topology snapshot logged with the evaluation
+``on_save``             ``masks.safetensors`` written into the checkpoint directory
+======================  ===============================================================
+
+Users of their own ``Trainer`` subclass add the callback and the penalty themselves
+(``loss = loss + callback.neuroprune.penalty()``); plain-loop users call
+:class:`~topoprune.neuroprune.NeuroPrune` directly.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from .errors import TopopruneError
+from .neuroprune import NeuroPrune
+from .topology import TopologyHistory, topology_snapshot
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(TopopruneError):
+    """The loss became NaN or Inf; training stops, earlier checkpoints are kept."""
+
+
+class NeuroPruneCallback(TrainerCallback):
+    """Applies a :class:`NeuroPrune` controller at the Trainer's optimizer and epoch events.
+
+    Parameters
+    ----------
+    neuroprune : NeuroPrune
+    topology_every : int
+        Steps between topology snapshots (0: only at evaluations and at the end).
+    history : TopologyHistory, optional
+        Where snapshots are collected (a new one by default).
+    topology_fits : bool
+        Fit power laws in snapshots (costs ~10 ms per matrix).
+
+    Attributes
+    ----------
+    trainer : Trainer or None
+        Set by :class:`NeuroPruneTrainer`; snapshots go through ``trainer.log`` (so
+        TensorBoard / CSV integrations receive them) when it is set.
+    """
+
+    def __init__(self, neuroprune: NeuroPrune, *, topology_every: int = 50, history: TopologyHistory | None = None,
+                 topology_fits: bool = True):
+        self.neuroprune = neuroprune
+        self.topology_every = int(topology_every)
+        self.history = history or TopologyHistory()
+        self.topology_fits = topology_fits
+        self.trainer: Trainer | None = None
+        self._epochs_done = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._epochs_done = int(state.epoch or 0)  # a resumed run has done these epochs' pruning
+
+    # -- the three mask sites -------------------------------------------------------------
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.neuroprune.before_optimizer_step(optimizer)
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.neuroprune.after_optimizer_step(optimizer, state.global_step + 1)  # global_step counts after this
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        self.neuroprune.maybe_prune_heads(state.global_step, optimizer)
+        epoch = state.epoch or 0.0
+        if epoch >= 1 and abs(epoch - round(epoch)) < 1e-6:
+            # The epoch's last step: prune heads here rather than in on_epoch_end, so that a
+            # checkpoint saved at this step (saving follows on_step_end) already holds them.
+            self._end_epoch(round(epoch), optimizer)
+        if self.topology_every and state.global_step % self.topology_every == 0:
+            self.snapshot(state)
+
+    def on_epoch_end(self, args, state, control, optimizer=None, **kwargs):
+        self._end_epoch(round(state.epoch or 0), optimizer)
+
+    def _end_epoch(self, epoch: int, optimizer) -> None:
+        if epoch <= self._epochs_done:
+            return
+        self._epochs_done = epoch
+        decisions = self.neuroprune.end_epoch(optimizer)
+        if decisions:
+            log.info("epoch %d: %d layer(s) lost heads", epoch, len(decisions))
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        snap = self.snapshot(state, log_it=False)
+        if metrics is not None:
+            metrics.update({f"eval_topology/{k}": v for k, v in snap.items() if v is not None})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.snapshot(state, log_it=False)
+
+    def on_save(self, args, state, control, **kwargs):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if ckpt.is_dir() and state.is_world_process_zero:
+            self.neuroprune.save(ckpt)
+
+    # -- topology ------------------------------------------------------------------------
+    def snapshot(self, state, log_it: bool = True) -> dict:
+        """Measure the topology now, add it to the history and (optionally) to the Trainer's logs."""
+        if self.history.rows and self.history.rows[-1]["step"] == state.global_step:
+            return {k: v for k, v in self.history.rows[-1].items() if k not in ("step", "epoch")}
+        snap = topology_snapshot(self.neuroprune.model, eps=self.neuroprune.config.eps, fits=self.topology_fits,
+                                 heads_remaining=self.neuroprune.heads_remaining())
+        self.history.add(state.global_step, state.epoch, snap)
+        if log_it and self.trainer is not None:
+            self.trainer.log({f"topology/{k}": v for k, v in snap.items() if v is not None})
+        return snap
+
+
+class NeuroPruneTrainer(Trainer):
+    """A ``Trainer`` whose loss includes the NeuroPrune penalty and whose events drive the masks.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        As for :class:`transformers.Trainer`.
+    neuroprune : NeuroPrune
+        The controller, bound to the same model.
+    topology_every : int
+        Steps between topology snapshots.
+
+    Notes
+    -----
+    Resuming (``trainer.train(resume_from_checkpoint=...)``) restores the masks and head
+    decisions saved in the checkpoint directory. A NaN/Inf loss raises
+    :class:`TrainingDiverged`; checkpoints saved before it are left untouched.
+    """
+
+    def __init__(self, *args, neuroprune: NeuroPrune, topology_every: int = 50, topology_fits: bool = True,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.neuroprune = neuroprune
+        self.np_callback = NeuroPruneCallback(neuroprune, topology_every=topology_every, topology_fits=topology_fits)
+        self.np_callback.trainer = self
+        self.add_callback(self.np_callback)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            loss = loss + self.neuroprune.penalty().to(loss.device, loss.dtype)
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not math.isfinite(float(loss)):
+            last = self._last_checkpoint()
+            raise TrainingDiverged(f"loss became {float(loss)} at step {self.state.global_step + 1}; "
+                                   + (f"last good checkpoint: {last}" if last else "no checkpoint saved yet"))
+        return loss
+
+    def _last_checkpoint(self) -> str | None:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        out = Path(self.args.output_dir)
+        return get_last_checkpoint(str(out)) if out.is_dir() else None
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if (Path(resume_from_checkpoint) / "masks.safetensors").is_file():
+            self.neuroprune.load(resume_from_checkpoint)
+            log.info("resumed masks and head decisions from %s", resume_from_checkpoint)
+
+    @torch.no_grad()
+    def topology(self) -> dict:
+        """A topology snapshot of the model now (not recorded)."""
+        return topology_snapshot(self.model, eps=self.neuroprune.config.eps)

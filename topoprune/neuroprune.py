@@ -1,0 +1,503 @@
+r"""NeuroPrune sparse training for a plain PyTorch loop, with its baselines in the same harness.
+
+Dhurandhar et al. 2024, "NeuroPrune: A Neuro-inspired Topological Sparse Training Algorithm
+for Large Language Models", Findings of ACL, arXiv 2404.01306 (reference ``neuroprune.md``).
+The loss is :math:`\mathcal{L}_\text{task} + \alpha R_\text{mlp} + \beta R_\text{att}` with
+
+* :math:`R_\text{mlp} = \sum_W \sum_i \lVert W_{i,:}\rVert_1 / c_i` over every MLP matrix
+  (expand and contract), :math:`c_i` the fraction of row ``i`` with :math:`|w| \ge \varepsilon`
+  (:func:`~topoprune.penalties.attachment_scores`), refreshed every ``refresh_every`` steps.
+  In a gated MLP gate and up rows feed the same hidden neuron, so both get the score of the
+  neuron's fan-in over ``cat([W_gate, W_up], 1)``, i.e. the mean of the two connectivities;
+* :math:`R_\text{att} = \sum_\ell \sum_j (\sum_r |A^\ell_{rj}| + \delta)^{1/2}` with
+  :math:`A^\ell = \operatorname{cat}(Q, K, V)` (:func:`~topoprune.penalties.attention_group_penalty`);
+
+and redundant heads are removed by dominating set (:mod:`topoprune.heads`). Entries with
+:math:`|w| < \varepsilon` are pruned for good (a :class:`~topoprune.masking.MaskSet` only
+shrinks). Fused q/k/v, gate/up and GPT-2 ``Conv1D`` tensors are bound through
+:class:`~topoprune.roles.MatrixSpec` (``rows``, ``transpose``) as views keeping gradients.
+
+**Paper mode** (``target=None``): sparsity is an outcome of :math:`\alpha, \beta, \theta`.
+**Target mode**: the ``roles`` matrices follow a schedule (cubic by default) to exactly
+``target`` at step ``end``, keeping the highest :math:`|w_{ij}|\,c_i` (hubs keep their edges).
+Baselines share the harness: ``dense``, ``l1``, ``gmp`` (Zhu & Gupta 2017, arXiv 1710.01878), ``random``.
+
+Hook order in a plain loop (``step`` counts optimiser steps taken, 1 after the first)::
+
+    np_ = NeuroPrune(model, NeuroPruneConfig(...))
+    for epoch in range(epochs):
+        for batch in loader:
+            loss = task_loss(model, batch) + np_.penalty()
+            loss.backward()
+            np_.before_optimizer_step(opt)       # grads of pruned entries -> 0
+            opt.step()
+            step += 1
+            np_.after_optimizer_step(opt, step)  # update masks; weights and opt. state -> 0
+            opt.zero_grad()
+        np_.end_epoch(opt)                       # ELIM_REDUNDANT when head_pruning="epoch"
+
+**Multi-process (DDP).** Masks are deterministic functions of the weights, which DDP keeps
+identical on every rank (thresholds, stable-sorted top-k, seeded priorities), so no traffic is
+needed per step. As a safeguard, under ``torch.distributed`` rank 0's masks are broadcast after
+construction, schedule updates, head pruning, loading and every ``sync_every`` steps, and rank
+0's head decisions are the ones every rank applies.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections import namedtuple
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError, ConfigError
+from .heads import HeadPruningDecision, apply_head_mask, prune_layer_heads
+from .loading import from_module
+from .masking import (MaskSet, broadcast_object, canonical, piece_mask, select_keep, sparsity_table,
+                      write_canonical)
+from .penalties import (DELTA, attachment_scores, attention_group_penalty, l1_penalty,
+                        preferential_attachment_penalty)
+from .roles import MLP_ROLES, MatrixSpec, describe
+from .schedules import ScheduleConfig, get_schedule
+
+log = logging.getLogger(__name__)
+
+METHODS = ("neuroprune", "dense", "l1", "gmp", "random")
+HEAD_MODES = ("epoch", "steps", "off")
+#: Roles whose matrices may be sparsified (by target schedule or epsilon masks).
+SPARSIFIABLE = MLP_ROLES + ("q", "k", "v", "o")
+MASK_FILE = "masks.safetensors"
+
+
+def _num(x, lo=0.0, strict=False, integer=False) -> bool:
+    ok = isinstance(x, int if integer else (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return ok and (x > lo if strict else x >= lo)
+
+
+@dataclass(frozen=True)
+class NeuroPruneConfig:
+    r"""Settings of a :class:`NeuroPrune` run; invalid values raise :class:`ConfigError`.
+
+    Parameters
+    ----------
+    method : {"neuroprune", "dense", "l1", "gmp", "random"}
+        ``dense``: no penalty, no masks. ``l1``: :math:`\alpha \sum |W_\text{mlp}| + \beta
+        \sum |W_{qkv}|` (the paper's baseline; epsilon masks in paper mode, magnitude masks in
+        target mode). ``gmp`` / ``random``: no penalty; masks at the scheduled sparsity by
+        magnitude / by seeded random priority (both need ``target``).
+    mlp_weight, attn_weight : float
+        :math:`\alpha` (MLP term) and :math:`\beta` (attention term), >= 0. The paper tunes
+        both over {1e-7, ..., 0.1} without saying which is which; default 1e-6.
+    eps, theta : float
+        Connection threshold :math:`\varepsilon > 0` (paper: 1e-4); head-similarity
+        threshold :math:`\theta \ge 0` (paper default 0.15).
+    refresh_every : int
+        Recompute :math:`c_i` every this many steps (>= 1). Default 50: the count runs
+        through the project's graph code on the CPU (~0.2 s for a 3072 x 768 matrix, ~5 s a
+        refresh on BERT-base), while :math:`c_i` only moves when entries cross :math:`\varepsilon`.
+    head_pruning, head_every_steps : {"epoch", "steps", "off"}, int or None
+        When ELIM_REDUNDANT runs (``neuroprune`` only): :meth:`NeuroPrune.end_epoch`, every
+        ``head_every_steps`` (>= 1) optimiser steps, or never.
+    head_include_bias : bool
+        Q/K/V biases enter the head distance (the paper is silent; default weights only).
+    target : float or None
+        Sparsity in [0, 1) of the ``roles`` matrices at step ``end`` (target mode); None: paper mode.
+    schedule, start, end, frequency, initial
+        :class:`~topoprune.schedules.ScheduleConfig` fields of the target schedule (``end``
+        is required for all but ``constant``).
+    seed, roles : int, tuple of str
+        Seed of the ``random`` method. Roles sparsified by the PA penalty (MLP roles), epsilon
+        masks (paper mode) and the target schedule (target mode); default every MLP matrix.
+    attention_masks : bool
+        Also prune Q/K/V entries below :math:`\varepsilon` (``neuroprune``, ``l1``; both modes).
+    delta, sync_every : float, int
+        Square-root smoothing :math:`\delta \ge 0` of the attention penalty; under
+        ``torch.distributed`` also broadcast rank 0's masks every ``sync_every`` steps (0: never).
+    """
+
+    method: str = "neuroprune"
+    mlp_weight: float = 1e-6
+    attn_weight: float = 1e-6
+    eps: float = 1e-4
+    theta: float = 0.15
+    refresh_every: int = 50
+    head_pruning: str = "epoch"
+    head_every_steps: int | None = None
+    head_include_bias: bool = False
+    target: float | None = None
+    schedule: str = "cubic"
+    start: int = 0
+    end: int | None = None
+    frequency: int = 1
+    initial: float = 0.0
+    seed: int = 0
+    roles: tuple[str, ...] = MLP_ROLES
+    attention_masks: bool = True
+    delta: float = DELTA
+    sync_every: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "roles", tuple(self.roles))
+        checks = [
+            (self.method in METHODS, f"method must be one of {METHODS}"),
+            (_num(self.mlp_weight), "mlp_weight (alpha) must be a finite number >= 0"),
+            (_num(self.attn_weight), "attn_weight (beta) must be a finite number >= 0"),
+            (_num(self.eps, strict=True), "eps must be a finite number > 0"),
+            (_num(self.theta), "theta must be a finite number >= 0"),
+            (_num(self.delta), "delta must be a finite number >= 0"),
+            (_num(self.refresh_every, 1, integer=True), "refresh_every must be an integer >= 1"),
+            (self.head_pruning in HEAD_MODES, f"head_pruning must be one of {HEAD_MODES}"),
+            (self.head_pruning != "steps" or _num(self.head_every_steps, 1, integer=True),
+             "head_pruning='steps' needs head_every_steps >= 1"),
+            (_num(self.sync_every, integer=True) and _num(self.seed, integer=True),
+             "sync_every and seed must be integers >= 0"),
+            (bool(self.roles) and set(self.roles) <= set(SPARSIFIABLE),
+             f"roles must be a non-empty subset of {SPARSIFIABLE}"),
+            (self.target is None or (_num(self.target) and self.target < 1.0), "target sparsity must be in [0, 1)"),
+            (self.target is None or self.method != "dense", "method 'dense' trains without masks: leave target=None"),
+            (self.target is not None or self.method not in ("gmp", "random"),
+             f"method {self.method!r} needs a target sparsity (target=...)"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"{msg}; got {self._shown()}")
+        self.schedule_config()  # validates schedule, start, end, frequency, initial in target mode
+
+    def _shown(self) -> str:
+        return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                         if getattr(self, f.name) != f.default) or "defaults"
+
+    def schedule_config(self) -> ScheduleConfig | None:
+        """The target schedule's :class:`ScheduleConfig` (None in paper mode)."""
+        return None if self.target is None else ScheduleConfig(self.target, self.schedule, self.initial, self.start,
+                                                               self.end, self.frequency)
+
+    def to_dict(self) -> dict:
+        return dict(dataclasses.asdict(self), roles=list(self.roles))
+
+
+#: One self-attention layer: its key (``side.block``) and q, k, v, o :class:`MatrixSpec` (o may be None).
+_Layer = namedtuple("_Layer", "key q k v o")
+
+
+class NeuroPrune:
+    """NeuroPrune controller bound to a live model; see the module notes for the hook order.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Matrices recognised by :func:`topoprune.roles.describe` (BERT, GPT-2, OPT, T5, LLaMA, ...).
+    config : NeuroPruneConfig, optional
+
+    Raises
+    ------
+    ConfigError
+        No recognisable MLP or attention matrix; target mode with no matrix of ``roles``.
+
+    Attributes
+    ----------
+    masks : MaskSet
+    head_decisions : list of HeadPruningDecision
+        Decisions that removed heads, in order (``replaced_by``: who replaced whom).
+    step : int
+    """
+
+    def __init__(self, model: torch.nn.Module, config: NeuroPruneConfig | None = None):
+        self.model, self.config = model, config or NeuroPruneConfig()
+        cfg = self.config
+        params, layout = dict(model.named_parameters()), describe(from_module(model))
+        self._bound = [s for s in layout.specs if s.role in SPARSIFIABLE and s.tensor in params]
+        self._bias = {s.tensor: s.tensor[:-6] + "bias" for s in self._bound
+                      if s.tensor.endswith(".weight") and s.tensor[:-6] + "bias" in params}
+        mlp = [s for s in self._bound if s.role in MLP_ROLES]
+        self._layers = self._group_attention()
+        if not mlp and not self._layers:
+            raise ConfigError(f"{type(model).__name__}: no recognisable MLP or attention matrices (NeuroPrune "
+                              f"needs transformer blocks; roles found: {sorted({s.role for s in layout.specs})})")
+        sparse = [s for s in self._bound if s.role in cfg.roles]
+        self._pa = [s for s in sparse if s.role in MLP_ROLES]
+        penalised = cfg.method in ("neuroprune", "l1")
+        self._scheduled = sparse if cfg.target is not None else []
+        if cfg.target is not None and not sparse:
+            raise ConfigError(f"target mode: no matrix with roles {cfg.roles} in {type(model).__name__}")
+        thresholded = sparse if penalised and cfg.target is None else []
+        if penalised and cfg.attention_masks:
+            thresholded += [s for la in self._layers for s in la[1:4] if s not in thresholded + self._scheduled]
+        self._schedule = get_schedule(**cfg.schedule_config().to_dict()) if cfg.target is not None else None
+        self.masks = MaskSet()
+        self._region = {}  # parameter -> entries under the epsilon threshold (True)
+        for s in thresholded:
+            self._region[s.tensor] = piece_mask(self._p(s.tensor), s, True, self._region.get(s.tensor, False))
+        for s in self._scheduled:
+            self.masks.update(s.tensor, torch.ones_like(self._p(s.tensor), dtype=torch.bool))
+        self.head_decisions: list[HeadPruningDecision] = []
+        self._removed, self._scores, self._priorities, self.step = {}, {}, {}, 0  # layer->heads, name->c, name->rand
+        self._threshold()
+        self.masks.broadcast(0)
+        self.masks.apply_to_weights(model)
+        self._refresh_scores()
+        log.info("NeuroPrune(%s, target %s): %d MLP pieces, %d attention layers, %d parameters masked",
+                 cfg.method, cfg.target, len(mlp), len(self._layers), len(self.masks))
+
+    def _p(self, name: str) -> torch.nn.Parameter:
+        return self.model.get_parameter(name)
+
+    def _w(self, s: MatrixSpec) -> torch.Tensor:
+        """The ``[out, in]`` piece of the parameter: a view (or concatenation of views) with gradient."""
+        return canonical(self._p(s.tensor), s)
+
+    def _group_attention(self) -> list:
+        groups: dict[str, dict[str, list[MatrixSpec]]] = {}
+        for s in self._bound:
+            if s.role in ("q", "k", "v", "o"):
+                groups.setdefault(f"{s.side or 'model'}.{s.block}", {}).setdefault(s.role, []).append(s)
+        layers = []  # [_Layer]
+        for key, g in groups.items():
+            if any(len(g.get(r, ())) != 1 for r in "qkv") or len(g.get("o", ())) > 1:
+                log.warning("attention %s: expected one q, k, v (and o), got %s; not penalised or pruned",
+                            key, {r: len(v) for r, v in g.items()})
+                continue
+            layers.append(_Layer(key, g["q"][0], g["k"][0], g["v"][0], (g.get("o") or [None])[0]))
+        return layers
+
+    def _mask_piece(self, s: MatrixSpec, keep, name: str | None = None) -> int:  # AND ``keep`` ([out, in]) in
+        return self.masks.update(name or s.tensor, piece_mask(self._p(name or s.tensor), s, keep))
+
+    def penalty(self) -> torch.Tensor:
+        r"""The regulariser to add to the task loss: a float32 scalar, differentiable in the weights.
+
+        ``neuroprune``: :math:`\alpha \sum_W \sum_i \lVert W_{i,:}\rVert_1 / c_i + \beta
+        \sum_\ell R_\text{att}(\ell)`; ``l1``: :math:`\alpha \sum |W_\text{mlp}| + \beta
+        \sum |W_{qkv}|`; ``dense``, ``gmp``, ``random``: zero (no gradient).
+        """
+        cfg = self.config
+        total = torch.zeros((), dtype=torch.float32, device=self._p(self._bound[0].tensor).device)
+        alpha, beta, qkv = cfg.mlp_weight, cfg.attn_weight, [la[1:4] for la in self._layers]
+        if cfg.method == "neuroprune":
+            if alpha and self._pa:
+                total = total + alpha * sum(preferential_attachment_penalty(self._w(s), self._scores[s.name])
+                                            for s in self._pa)
+            if beta and qkv:
+                total = total + beta * sum(attention_group_penalty(*map(self._w, t), cfg.delta) for t in qkv)
+        elif cfg.method == "l1":
+            if alpha and self._pa:
+                total = total + alpha * sum(l1_penalty(self._w(s)) for s in self._pa)
+            if beta and qkv:
+                total = total + beta * sum(l1_penalty(self._w(s)) for t in qkv for s in t)
+        return total
+
+    def _refresh_scores(self) -> None:
+        """Attachment scores :math:`c_i` of the PA and target pieces; gate and up share theirs."""
+        if self.config.method != "neuroprune":
+            return
+        pieces = {s.name: s for s in self._pa + self._scheduled}
+        gated = {(s.tensor.rsplit(".", 2)[0], s.role): s for s in pieces.values() if s.role in ("mlp_gate", "mlp_up")}
+        with torch.no_grad():
+            for s in pieces.values():
+                pair = [gated.get((s.tensor.rsplit(".", 2)[0], r)) for r in ("mlp_gate", "mlp_up")]
+                both = s.role in ("mlp_gate", "mlp_up") and None not in pair  # [d_e, 2d]: fan-in via gate and up
+                w = torch.cat([self._w(x).detach() for x in pair], dim=1) if both else self._w(s).detach()
+                self._scores[s.name] = attachment_scores(w, eps=self.config.eps)
+
+    def before_optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Zero the gradients of pruned entries (after ``backward``, before ``optimizer.step``)."""
+        self.masks.apply_to_grads(self.model)
+
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        r"""Update and re-apply the masks after ``optimizer.step()``; ``step`` counts steps taken.
+
+        In order: prune thresholded entries now below :math:`\varepsilon`; in target mode cut
+        the scheduled pieces to the schedule's sparsity at ``step``; zero pruned weights and
+        optimiser state; refresh :math:`c_i` when ``step % refresh_every == 0``; prune heads
+        when ``head_pruning="steps"`` and ``step % head_every_steps == 0``.
+        """
+        cfg, self.step, sched = self.config, int(step), self._schedule
+        self._threshold()
+        self._apply_schedule(self.step)  # sync on a function of the step alone, so every rank joins in:
+        if (sched and sched(self.step) != sched(self.step - 1)) or (cfg.sync_every and self.step % cfg.sync_every == 0):
+            self.masks.broadcast(0)
+        self.masks.apply_to_weights(self.model)
+        self.masks.apply_to_optimizer(optimizer, self.model)
+        if self.step % cfg.refresh_every == 0:
+            self._refresh_scores()
+        self.maybe_prune_heads(self.step, optimizer)
+
+    def _threshold(self) -> None:
+        with torch.no_grad():
+            for name, region in self._region.items():
+                self.masks.update(name, ~region | (self._p(name).abs() >= self.config.eps))
+
+    def _apply_schedule(self, step: int) -> bool:
+        """Cut each scheduled piece to exactly ``n - round(s_t n)`` kept entries; True if a mask changed."""
+        if self._schedule is None:
+            return False
+        s_t, method, changed = self._schedule(step), self.config.method, False
+        for i, s in enumerate(sorted(self._scheduled, key=lambda x: x.name)):
+            w, allowed = self._w(s).detach(), canonical(self.masks.masks[s.tensor], s)
+            n = w.numel()
+            n_keep = n - int(round(s_t * n))  # exact count; select_keep gets n_keep / n and rounds back
+            if int(allowed.sum()) <= n_keep:
+                continue
+            if method == "random":  # fixed priorities: masks are nested as the sparsity grows
+                if s.name not in self._priorities:
+                    gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + i)
+                    self._priorities[s.name] = torch.rand(s.shape, generator=gen).to(w.device)
+                keep = select_keep(self._priorities[s.name], n_keep / n, allowed=allowed)
+            else:  # neuroprune: |w_ij| c_i; gmp and l1: |w_ij|
+                keep = select_keep(w, n_keep / n, self._scores.get(s.name) if method == "neuroprune" else None,
+                                   allowed=allowed)
+            self._mask_piece(s, keep)
+            changed = True
+        return changed
+
+    def maybe_prune_heads(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> list:
+        """:meth:`prune_heads` if ``head_pruning="steps"`` and ``step`` is a multiple of ``head_every_steps``."""
+        cfg = self.config
+        due = cfg.method == "neuroprune" and cfg.head_pruning == "steps" and step > 0
+        return self.prune_heads(optimizer) if due and step % cfg.head_every_steps == 0 else []
+
+    def end_epoch(self, optimizer: torch.optim.Optimizer | None = None) -> list:
+        """:meth:`prune_heads` if ``head_pruning="epoch"`` (NeuroPrune's per-epoch ELIM_REDUNDANT)."""
+        due = self.config.method == "neuroprune" and self.config.head_pruning == "epoch"
+        return self.prune_heads(optimizer) if due else []
+
+    def _head_tensors(self, la):
+        qkvo = [self._w(s).detach().clone() for s in la[1:5]]
+        biases = [canonical(self._p(self._bias[s.tensor]), s).detach().clone() if s.tensor in self._bias else None
+                  for s in la[1:4]]
+        return qkvo, biases
+
+    def prune_heads(self, optimizer: torch.optim.Optimizer | None = None) -> list[HeadPruningDecision]:
+        """ELIM_REDUNDANT on every attention layer: decide, fold W_O, zero and mask the removed heads.
+
+        :func:`~topoprune.heads.prune_layer_heads` decides (heads removed before are left out
+        of the graph; rank 0 decides for all under ``torch.distributed``) and
+        :func:`~topoprune.heads.apply_head_mask` acts on copies of the ``[out, in]`` pieces,
+        written back. Removed heads' Q rows (K/V rows once a whole kv group is gone), bias
+        entries and W_O columns are masked: they stay zero until physical removal.
+
+        Returns
+        -------
+        list of HeadPruningDecision
+            The decisions of this call that removed heads (also appended to ``head_decisions``).
+        """
+        cfg, out, decisions = self.config, [], []
+        layers = [la for la in self._layers if la.o is not None and la.q.n_heads and la.q.head_dim
+                  and la.q.shape[0] == la.q.n_heads * la.q.head_dim]
+        for la in layers:
+            (q, k, v, o), biases, g = *self._head_tensors(la), la.q
+            decisions.append(prune_layer_heads(
+                q, k, v, o, n_heads=g.n_heads, head_dim=g.head_dim, theta=cfg.theta, n_kv_heads=g.n_kv_heads,
+                include_bias=cfg.head_include_bias, biases=biases, removed=self._removed.get(la.key, ()),
+                layer=la.key, block=g.block))
+        for la, d in zip(layers, broadcast_object(decisions, 0)):
+            if not d.replaced_by:
+                continue
+            (q, k, v, o), biases, g = *self._head_tensors(la), la.q
+            kept = apply_head_mask(q, k, v, o, d, head_dim=g.head_dim, n_kv_heads=g.n_kv_heads, biases=biases)
+            for s, new in zip(la[1:5], (q, k, v, o)):
+                write_canonical(self._p(s.tensor), s, new)
+            rows_q = kept.repeat_interleave(g.head_dim)  # [H * hd]
+            rows_kv = kept.reshape(g.n_kv_heads or g.n_heads, -1).any(dim=1).repeat_interleave(g.head_dim)
+            for s, rows, bias in zip(la[1:4], (rows_q, rows_kv, rows_kv), biases):
+                self._mask_piece(s, rows[:, None])
+                if bias is not None:
+                    write_canonical(self._p(self._bias[s.tensor]), s, bias)
+                    self._mask_piece(s, rows, self._bias[s.tensor])
+            self._mask_piece(la.o, rows_q[None, :])
+            self._removed[la.key] = tuple(sorted(set(self._removed.get(la.key, ())) | set(d.replaced_by)))
+            self.head_decisions.append(d)
+            out.append(d)
+        self.masks.broadcast(0)
+        self.masks.apply_to_weights(self.model)
+        if optimizer is not None:
+            self.masks.apply_to_optimizer(optimizer, self.model)
+        log.info("head pruning at step %d: %d heads removed in %d layers", self.step,
+                 sum(len(d.replaced_by) for d in out), len(out))
+        return out
+
+    def heads_remaining(self) -> dict[str, int]:
+        """Heads left per attention layer (``{layer: n}``), after dominating-set pruning."""
+        return {la.key: la.q.n_heads - len(self._removed.get(la.key, ())) for la in self._layers if la.q.n_heads}
+
+    def sparsity_report(self):
+        r"""Achieved sparsity per matrix piece, per role and in total: a ``pandas.DataFrame``.
+
+        Columns (:func:`~topoprune.masking.sparsity_table`): ``level`` (``matrix``, ``role``,
+        ``total``), ``name``, ``tensor``, ``role``, ``block``, ``side``, ``numel``, ``pruned``
+        (masked entries), ``sparsity`` (pruned / numel), ``below_eps`` (share of
+        :math:`|w| < \varepsilon` in the weights, masked or not: the two are kept apart),
+        ``target`` (scheduled sparsity at ``step``, else NaN), ``method``, ``step``.
+        """
+        target = self._schedule(self.step) if self._schedule is not None else math.nan
+        sched, rows = {s.name for s in self._scheduled}, []
+        with torch.no_grad():
+            for s in self._bound:
+                w, m = self._w(s), self.masks.masks.get(s.tensor)
+                rows.append(dict(name=s.name, tensor=s.tensor, role=s.role, block=s.block, side=s.side,
+                                 numel=w.numel(), pruned=0 if m is None else int((~canonical(m, s)).sum()),
+                                 below=int((w.abs() < self.config.eps).sum()), target=target if s.name in sched
+                                 else math.nan))
+        return sparsity_table(rows).assign(method=self.config.method, step=self.step)
+
+    def state_dict(self) -> dict:
+        """Masks, head decisions (as dicts), step, cached attachment scores and the config."""
+        return {"masks": self.masks.state_dict(), "head_decisions": [d.to_dict() for d in self.head_decisions],
+                "step": self.step, "scores": {k: v.clone() for k, v in self._scores.items()},
+                "config": self.config.to_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output and zero the model's weights at pruned entries.
+
+        Model weights and optimiser state are the caller's to restore first
+        (``model.load_state_dict``, ``optimizer.load_state_dict``).
+        """
+        saved, now = dict(state.get("config") or {}), self.config.to_dict()
+        if saved and saved != now:
+            log.warning("restoring NeuroPrune state saved with another config (%s differ)",
+                        ", ".join(sorted(k for k in saved if saved[k] != now.get(k))))
+        params, masks = dict(self.model.named_parameters()), {}
+        for name, m in state["masks"].items():
+            if name not in params or tuple(params[name].shape) != tuple(m.shape):
+                raise CheckpointError(f"mask {name!r} {tuple(m.shape)} matches no parameter of the model")
+            masks[name] = m.to(params[name].device)
+        self.masks.load_state_dict(masks)
+        for s in self._scheduled:  # a state saved under another config may lack them
+            self.masks.update(s.tensor, torch.ones_like(self._p(s.tensor), dtype=torch.bool))
+        self.head_decisions = [HeadPruningDecision.from_dict(d) for d in state.get("head_decisions", [])]
+        self._removed = {d.layer: tuple(sorted({h for e in self.head_decisions if e.layer == d.layer
+                                                for h in e.replaced_by})) for d in self.head_decisions}
+        self.step = int(state.get("step", 0))
+        for s in self._bound:
+            if s.name in (state.get("scores") or {}):
+                self._scores[s.name] = state["scores"][s.name].to(self._p(s.tensor).device, self._p(s.tensor).dtype)
+        self.masks.broadcast(0)
+        self.masks.apply_to_weights(self.model)
+
+    def save(self, directory) -> Path:
+        """Write ``directory/masks.safetensors`` (only rank 0 under ``torch.distributed``).
+
+        Masks by parameter name, attachment scores as ``extra::score::<piece>`` and JSON
+        metadata ``{"config", "step", "head_decisions"}`` (see :meth:`MaskSet.save`).
+        """
+        path, dist = Path(directory) / MASK_FILE, torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return path
+        state = self.state_dict()
+        meta = {k: state[k] for k in ("config", "step", "head_decisions")}
+        return self.masks.save(path, meta, extra={f"score::{k}": v for k, v in state["scores"].items()})
+
+    def load(self, directory, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Restore what :meth:`save` wrote (see :meth:`load_state_dict`); also zero ``optimizer``'s state."""
+        path = Path(directory) / MASK_FILE if Path(directory).is_dir() else Path(directory)
+        ms = MaskSet.load(path)
+        if "step" not in ms.metadata:
+            raise CheckpointError(f"{path}: not a NeuroPrune mask file (no step in its metadata)")
+        scores = {k.removeprefix("score::"): v for k, v in ms.extra.items() if k.startswith("score::")}
+        self.load_state_dict(dict(ms.metadata, masks=ms.masks, scores=scores))
+        if optimizer is not None:
+            self.masks.apply_to_optimizer(optimizer, self.model)
+        log.info("restored %d masks, %d head decisions, step %d", len(self.masks), len(self.head_decisions), self.step)
