@@ -188,3 +188,22 @@ def test_gguf_through_transformers(tmp_path, capfd):
     assert names["model.layers.1.self_attn.k_proj.weight"] == (16, 32)
     assert names["model.layers.0.mlp.down_proj.weight"] == (32, 64)
     assert "de-quantizing" not in capfd.readouterr().err
+
+
+def test_safetensors_whose_header_length_starts_like_a_pickle(tmp_path):
+    """A header of 128 + 256k bytes starts with byte 0x80, the pickle protocol mark."""
+    import struct
+
+    from topoprune.loading import _sniff
+
+    save_file({"w": torch.ones(2, 2)}, tmp_path / "a.safetensors")
+    data = (tmp_path / "a.safetensors").read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = data[8:8 + n].rstrip(b" ")
+    pad = (0x80 - len(header)) % 256 or 256
+    new = struct.pack("<Q", len(header) + pad) + header + b" " * pad + data[8 + n:]
+    assert new[0] == 0x80
+    path = tmp_path / "weights.bin"
+    path.write_bytes(new)
+    assert _sniff(path) == "safetensors"
+    assert torch.equal(open_checkpoint(path).load("w"), torch.ones(2, 2))

@@ -147,12 +147,13 @@ def _sniff(path: Path) -> str:
         raise CheckpointError(f"{path}: file is empty")
     if head[:4] == b"GGUF":
         return "gguf"
+    # safetensors first: its 8-byte header length may itself start with 0x80 (a pickle's mark)
+    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 100_000_000:
+        return "safetensors"
     if head[:4] == b"PK\x03\x04":
         return "torch"
     if head[:1] == b"\x80":
         return "pickle"
-    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 100_000_000:
-        return "safetensors"
     if head.lstrip()[:1] in (b"{", b"["):
         try:
             json.loads(path.read_bytes()[:50_000_000])

@@ -1,0 +1,636 @@
+"""Benchmark of ``topoprune.analyze`` (issue 2): speed, agreement with networkx, peak memory.
+
+Run with ``make bench`` (``.venv/bin/python analysis/bench_analysis.py``); ``--quick`` runs the
+networkx comparison on the first two blocks only and extrapolates its time to 72 matrices.
+
+What is measured, on whatever machine runs it:
+
+1. A BERT-base-size checkpoint (``BertModel(BertConfig())``, random init, ``torch.manual_seed(0)``,
+   12 blocks, hidden 768, FFN 3072) saved as safetensors: 72 block matrices.
+2. ``topoprune.analyze(path, density=0.1, blocks_only=True, matrix_modularity=False)`` (degrees
+   + power-law fits) and the full report (``matrix_modularity=True``, the default), each with
+   ``n_jobs=-1`` and ``n_jobs=1``: median of 3 timed runs after one warm-up run.
+3. A straightforward networkx + powerlaw pipeline on the same matrices and the same edges
+   (``topoprune.graphs.edge_mask``): ``networkx.Graph`` weighted by ``|w|``, ``G.degree()``,
+   ``louvain_communities(seed=0)`` + ``modularity``, ``powerlaw.Fit(discrete=True)`` with its full
+   xmin search and ``distribution_compare`` against lognormal, exponential and
+   truncated_power_law, for the in- and out-degree sequences. Timed once. Checks: degree
+   sequences, means and sds identical; max |Q_topoprune - Q_networkx| (Leiden vs Louvain).
+   Louvain and ``modularity`` use ``weight=None``: topoprune's default modularity is that of
+   the binary graph (``ModularityConfig.weighted=False``), so that is the quantity compared.
+4. Peak RSS while a separate Python process analyses a generated >= 2 GB LLaMA-like sharded
+   safetensors checkpoint (``fits=True, matrix_modularity=False``; modularity of graphs with
+   ~1e6 edges takes minutes and is left out), with ``n_jobs=1`` and ``n_jobs=-1``
+   (``ru_maxrss`` of ``RUSAGE_SELF`` and ``RUSAGE_CHILDREN`` inside that process, plus the
+   split into anonymous and file-backed pages sampled from ``/proc/self/status``). A second
+   measurement rewrites one shard's header so that its length starts with byte 0x80 (see
+   ``topoprune.loading._sniff``) to show what happens when a shard is mis-sniffed as a pickle.
+
+Results go to ``analysis/results/bench_analysis.json``; a markdown table is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Everything heavy is imported inside functions: the --rss-child process must import only
+# topoprune, so that its peak RSS is topoprune's.
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "analysis" / "results" / "bench_analysis.json"
+GB = 1e9  # decimal gigabytes throughout
+
+TARGET_FITS_S = 2.0
+TARGET_REPORT_S = 10.0
+TARGET_RATIO = 15.0
+TARGET_DQ = 0.02
+RSS_SLACK = 0.6 * GB
+
+# LLaMA-like geometry for the memory test (TinyLlama-1.1B widths, 10 blocks, fp32).
+LLAMA = dict(hidden=2048, ffn=5632, heads=32, kv_heads=4, layers=10, vocab=32000)
+MAX_SHARD_BYTES = 700e6
+
+
+def _env() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def machine_info() -> dict:
+    import igraph
+    import networkx
+    import numpy
+    import powerlaw
+    import safetensors
+    import scipy
+    import torch
+    import transformers
+
+    import topoprune
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return dict(
+        nproc=nproc, cpu_count=os.cpu_count(), cpu=cpu, mem_total_gb=round(mem / GB, 1) if mem else None,
+        gpu=bool(torch.cuda.is_available()), platform=platform.platform(), python=platform.python_version(),
+        torch=torch.__version__, numpy=numpy.__version__, scipy=scipy.__version__, networkx=networkx.__version__,
+        powerlaw=getattr(powerlaw, "__version__", "?"), igraph=igraph.__version__,
+        safetensors=safetensors.__version__, transformers=transformers.__version__, topoprune=topoprune.__version__,
+    )
+
+
+class CpuMeter:
+    """CPU time used on the machine by *other* processes while a block runs (this is a shared
+    2-core box: a concurrent test run skews timings, so it is recorded next to them)."""
+
+    @staticmethod
+    def _busy() -> float:
+        try:
+            with open("/proc/stat") as fh:
+                v = [int(x) for x in fh.readline().split()[1:]]
+        except OSError:
+            return float("nan")
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def __enter__(self):
+        self.t0, self.b0, self.o0 = time.perf_counter(), self._busy(), self._own()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self.t0
+        other = (self._busy() - self.b0) - (self._own() - self.o0)
+        self.foreign_cpus = max(other, 0.0) / wall if wall > 0 else float("nan")  # average busy CPUs
+
+    def __float__(self):
+        return float(self.foreign_cpus)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. BERT-base checkpoint
+# ---------------------------------------------------------------------------------------------
+
+def build_bert(directory: Path) -> Path:
+    import torch
+    import transformers
+    from transformers import BertConfig, BertModel
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    torch.manual_seed(0)
+    model = BertModel(BertConfig())
+    model.save_pretrained(directory, safe_serialization=True)
+    assert (directory / "model.safetensors").is_file(), sorted(p.name for p in directory.iterdir())
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. topoprune timings
+# ---------------------------------------------------------------------------------------------
+
+def time_topoprune(path: Path, repeats: int = 3) -> tuple[dict, dict]:
+    import topoprune
+
+    runs = {
+        "fits": dict(density=0.1, blocks_only=True, matrix_modularity=False),
+        "report": dict(density=0.1, blocks_only=True),
+    }
+    timings, tables = {}, {}
+    for n_jobs in (-1, 1):
+        for label, kw in runs.items():
+            key = f"{label}_njobs{n_jobs}"
+            topoprune.analyze(path, n_jobs=n_jobs, **kw)  # warm-up
+            ts = []
+            with CpuMeter() as meter:
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    df = topoprune.analyze(path, n_jobs=n_jobs, **kw)
+                    ts.append(time.perf_counter() - t0)
+            timings[key] = dict(median_s=statistics.median(ts), runs_s=ts, n_matrices=len(df), n_jobs=n_jobs,
+                                options=kw, foreign_cpus=float(meter))
+            tables[key] = df
+            print(f"  topoprune {key:<16} median {statistics.median(ts):6.2f} s  runs "
+                  + ", ".join(f"{t:.2f}" for t in ts) + f"  (other processes: {float(meter):.2f} CPUs busy)",
+                  flush=True)
+    return timings, tables
+
+
+def same_tables(a, b) -> bool:
+    """Reports from n_jobs=-1 and n_jobs=1 hold the same values (NaN == NaN)."""
+    if list(a.columns) != list(b.columns) or len(a) != len(b):
+        return False
+    return bool(a.equals(b))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. networkx + powerlaw pipeline
+# ---------------------------------------------------------------------------------------------
+
+def networkx_pipeline(path: Path, names: list[str]) -> tuple[float, dict]:
+    """The straightforward pipeline on ``names`` (tensor names of ``[out, in]`` matrices)."""
+    import warnings
+
+    import networkx as nx
+    import numpy as np
+    import powerlaw
+    from safetensors import safe_open
+
+    from topoprune.config import GraphConfig
+    from topoprune.graphs import edge_mask
+
+    alternatives = ("lognormal", "exponential", "truncated_power_law")
+    graph_config = GraphConfig(density=0.1)
+    results = {}
+    t_start = time.perf_counter()
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        with safe_open(str(path / "model.safetensors"), framework="pt") as fh:
+            for i, name in enumerate(names):
+                t0 = time.perf_counter()
+                w = fh.get_tensor(name).float()
+                mask = edge_mask(w, graph_config, name=name).numpy()
+                n_out, n_in = mask.shape
+                rows, cols = np.nonzero(mask)
+                weights = np.abs(w.numpy()[rows, cols])
+                g = nx.Graph()
+                g.add_nodes_from(range(n_in), bipartite=0)  # input neurons
+                g.add_nodes_from(range(n_in, n_in + n_out), bipartite=1)  # output neurons
+                g.add_weighted_edges_from(zip(cols.tolist(), (rows + n_in).tolist(), weights.tolist()))
+                deg = dict(g.degree())
+                in_deg = np.array([deg[n_in + r] for r in range(n_out)], dtype=np.int64)  # fan-in of outputs
+                out_deg = np.array([deg[c] for c in range(n_in)], dtype=np.int64)  # fan-out of inputs
+                communities = nx.community.louvain_communities(g, weight=None, seed=0)
+                q = nx.community.modularity(g, communities, weight=None)
+                fits = {}
+                for side, seq in (("in", in_deg), ("out", out_deg)):
+                    fit = powerlaw.Fit(seq, discrete=True, verbose=False)
+                    row = dict(alpha=float(fit.power_law.alpha), xmin=float(fit.xmin))
+                    for alt in alternatives:
+                        r, p = fit.distribution_compare("power_law", alt, normalized_ratio=True)
+                        row[f"R_{alt}"], row[f"p_{alt}"] = float(r), float(p)
+                    fits[side] = row
+                dt = time.perf_counter() - t0
+                results[name] = dict(in_degree=in_deg, out_degree=out_deg, modularity=float(q),
+                                     n_communities=len(communities), n_edges=int(g.number_of_edges()), fits=fits,
+                                     seconds=dt)
+                print(f"  networkx [{i + 1:2d}/{len(names)}] {name:<52} {dt:5.1f} s  Q={q:.4f}", flush=True)
+    return time.perf_counter() - t_start, results
+
+
+def compare_with_networkx(path: Path, report_df, nx_results: dict) -> dict:
+    """Degree sequences / mean / sd identical? max |Q difference|?"""
+    import numpy as np
+
+    import topoprune
+
+    degrees = topoprune.analyze_report(path, density=0.1, blocks_only=True, fits=False,
+                                       matrix_modularity=False, n_jobs=1).degrees
+    by_name = report_df.set_index("name")
+    seq_equal, stats_equal, max_stat_diff, dq = [], [], 0.0, {}
+    for name, res in nx_results.items():
+        tp_in, tp_out = degrees[name]
+        seq_equal.append(np.array_equal(tp_in, res["in_degree"]) and np.array_equal(tp_out, res["out_degree"]))
+        row = by_name.loc[name]
+        for side, seq in (("in", res["in_degree"]), ("out", res["out_degree"])):
+            d = np.asarray(seq, dtype=np.float64)
+            for stat, val in (("mean", float(d.mean())), ("sd", float(d.std()))):
+                ref = float(row[f"{side}_{stat}"])
+                stats_equal.append(ref == val)
+                max_stat_diff = max(max_stat_diff, abs(ref - val))
+        dq[name] = float(row["modularity"]) - res["modularity"]
+    worst = max(dq, key=lambda k: abs(dq[k]))
+    q_tp = [float(by_name.loc[n, "modularity"]) for n in nx_results]
+    q_nx = [r["modularity"] for r in nx_results.values()]
+    return dict(
+        n_matrices=len(nx_results), degree_sequences_identical=all(seq_equal),
+        mean_sd_identical=all(stats_equal), max_abs_mean_sd_diff=max_stat_diff,
+        max_abs_dq=abs(dq[worst]), worst_matrix=worst, mean_dq=float(np.mean(list(dq.values()))),
+        mean_q_topoprune=float(np.mean(q_tp)), mean_q_networkx=float(np.mean(q_nx)),
+        per_matrix_dq=dq,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Peak RSS on a generated >= 2 GB checkpoint
+# ---------------------------------------------------------------------------------------------
+
+def _llama_tensors(g: dict) -> list[tuple[str, tuple[int, ...]]]:
+    """Tensor names and shapes in the order transformers writes a LLaMA checkpoint."""
+    h, f, hd = g["hidden"], g["ffn"], g["hidden"] // g["heads"]
+    out = [("model.embed_tokens.weight", (g["vocab"], h))]
+    for i in range(g["layers"]):
+        p = f"model.layers.{i}."
+        out += [(p + "input_layernorm.weight", (h,)),
+                (p + "self_attn.q_proj.weight", (g["heads"] * hd, h)),
+                (p + "self_attn.k_proj.weight", (g["kv_heads"] * hd, h)),
+                (p + "self_attn.v_proj.weight", (g["kv_heads"] * hd, h)),
+                (p + "self_attn.o_proj.weight", (h, g["heads"] * hd)),
+                (p + "post_attention_layernorm.weight", (h,)),
+                (p + "mlp.gate_proj.weight", (f, h)),
+                (p + "mlp.up_proj.weight", (f, h)),
+                (p + "mlp.down_proj.weight", (h, f))]
+    out += [("model.norm.weight", (h,)), ("lm_head.weight", (g["vocab"], h))]
+    return out
+
+
+def generate_llama(directory: Path, geometry: dict = LLAMA, max_shard_bytes: float = MAX_SHARD_BYTES) -> dict:
+    """Write a sharded fp32 LLaMA-like safetensors checkpoint, one shard in memory at a time."""
+    import math
+
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = _llama_tensors(geometry)
+    shards, cur, size = [], [], 0
+    for name, shape in tensors:
+        nbytes = math.prod(shape) * 4
+        if cur and size + nbytes > max_shard_bytes:
+            shards.append(cur)
+            cur, size = [], 0
+        cur.append((name, shape))
+        size += nbytes
+    shards.append(cur)
+    gen = torch.Generator().manual_seed(0)
+    weight_map, total, shard_bytes = {}, 0, []
+    for k, shard in enumerate(shards):
+        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        data = {}
+        for name, shape in shard:
+            if len(shape) == 1:
+                data[name] = torch.ones(shape)
+            else:
+                data[name] = torch.empty(shape).normal_(0.0, 0.02, generator=gen)
+        save_file(data, str(directory / fname), metadata={"format": "pt"})
+        for name, t in data.items():
+            weight_map[name] = fname
+            total += t.numel() * 4
+        shard_bytes.append((directory / fname).stat().st_size)
+        del data
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    h = geometry["hidden"]
+    (directory / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h,
+        "intermediate_size": geometry["ffn"], "num_attention_heads": geometry["heads"],
+        "num_key_value_heads": geometry["kv_heads"], "num_hidden_layers": geometry["layers"],
+        "vocab_size": geometry["vocab"], "torch_dtype": "float32"}, indent=2))
+    sizes = {name: math.prod(shape) * 4 for name, shape in tensors if len(shape) == 2}
+    analysed = {n: s for n, s in sizes.items() if "layers." in n}
+    largest_file = max(sizes, key=sizes.get)
+    largest_analysed = max(analysed, key=analysed.get)
+    return dict(geometry=geometry, n_shards=len(shards), shard_bytes=shard_bytes, total_bytes=total,
+                n_block_matrices=len(analysed),
+                largest_tensor=largest_file, largest_tensor_bytes=sizes[largest_file],
+                largest_analysed_tensor=largest_analysed, largest_analysed_bytes=analysed[largest_analysed])
+
+
+def set_header_length(path: Path, pickle_like: bool) -> bool:
+    """Rewrite a safetensors header's space padding so that its length's first byte is 0x80
+    (``pickle_like``) or is not. Streams the data; returns whether the file changed."""
+    with open(path, "rb") as fh:
+        n = struct.unpack("<Q", fh.read(8))[0]
+        if (n % 256 == 0x80) == pickle_like:
+            return False
+        body = fh.read(n).rstrip(b" ")
+        length = (len(body) + 7) // 8 * 8
+        while (length % 256 == 0x80) != pickle_like:
+            length += 8
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as out:
+            out.write(struct.pack("<Q", length) + body + b" " * (length - len(body)))
+            shutil.copyfileobj(fh, out, 16 << 20)
+    os.replace(tmp, path)
+    return True
+
+
+def sniff_shards(directory: Path) -> dict:
+    from topoprune.loading import _sniff, open_checkpoint
+
+    formats = {p.name: _sniff(p) for p in sorted(directory.glob("*.safetensors"))}
+    ckpt = open_checkpoint(directory)
+    cls = type(ckpt).__name__
+    ckpt.close()
+    del ckpt
+    return dict(formats=formats, checkpoint_class=cls)
+
+
+def rss_child(path: str, n_jobs: int) -> None:
+    """Runs in the measured subprocess: analyse ``path``, then print one JSON line."""
+    import resource
+    import threading
+
+    t_import = time.perf_counter()
+    import topoprune
+
+    t_import = time.perf_counter() - t_import
+    after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = dict(total=0, anon=0, file=0, max_anon=0, max_file=0)
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            anon = file = 0
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("RssAnon:"):
+                        anon = int(line.split()[1]) * 1024
+                    elif line.startswith("RssFile:"):
+                        file = int(line.split()[1]) * 1024
+            if anon + file > peak["total"]:
+                peak.update(total=anon + file, anon=anon, file=file)
+            peak["max_anon"] = max(peak["max_anon"], anon)
+            peak["max_file"] = max(peak["max_file"], file)
+            stop.wait(0.02)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    t0 = time.perf_counter()
+    df = topoprune.analyze(path, density=0.1, fits=True, matrix_modularity=False, n_jobs=n_jobs)
+    wall = time.perf_counter() - t0
+    stop.set()
+    th.join()
+    with open("/proc/self/status") as fh:
+        hwm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+    print(json.dumps(dict(
+        n_jobs=n_jobs, n_matrices=len(df), statuses=df["status"].value_counts().to_dict(), wall_s=wall,
+        import_s=t_import, rss_after_import=after_import,
+        maxrss_self=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        maxrss_children=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, vm_hwm=hwm,
+        sampled_peak_total=peak["total"], sampled_peak_anon=peak["anon"], sampled_peak_file=peak["file"],
+        sampled_max_anon=peak["max_anon"], sampled_max_file=peak["max_file"],
+    )))
+
+
+def run_rss_child(path: Path, n_jobs: int) -> dict:
+    # Linux keeps ru_maxrss across exec: a child exec'd straight from this (large) process would
+    # report this process's peak. A shell that forks before exec gives it a fresh count.
+    cmd = ["/bin/sh", "-c", '"$@"; exit $?', "sh",
+           sys.executable, str(Path(__file__).resolve()), "--rss-child", str(path), str(n_jobs)]
+    with CpuMeter() as meter:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
+    if proc.returncode != 0:
+        raise RuntimeError(f"RSS child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["foreign_cpus"] = float(meter)
+    return out
+
+
+def rss_benchmark(bug_demo: bool = True) -> dict:
+    t_start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="topoprune-bench-llama-", dir="/tmp"))
+    try:
+        t0 = time.perf_counter()
+        info = generate_llama(tmp)
+        info["generate_s"] = time.perf_counter() - t0
+        print(f"  generated {info['total_bytes'] / GB:.2f} GB in {info['n_shards']} shards "
+              f"({info['generate_s']:.1f} s)", flush=True)
+        # The main measurement must go through the streaming safetensors reader: make sure no shard
+        # is sniffed as a pickle (a header length whose first byte is 0x80, see the bug demo below).
+        info["reheadered_for_main"] = [p.name for p in sorted(tmp.glob("*.safetensors"))
+                                       if set_header_length(p, pickle_like=False)]
+        info["sniff_main"] = sniff_shards(tmp)
+        target = 3 * info["largest_analysed_bytes"] + RSS_SLACK
+        info["target_bytes"] = target
+        runs = {}
+        for n_jobs in (1, -1):
+            r = run_rss_child(tmp, n_jobs)
+            runs[f"njobs{n_jobs}"] = r
+            print(f"  RSS n_jobs={n_jobs:2d}: self {r['maxrss_self'] / GB:.2f} GB, children "
+                  f"{r['maxrss_children'] / GB:.2f} GB (anon {r['sampled_peak_anon'] / GB:.2f} + file "
+                  f"{r['sampled_peak_file'] / GB:.2f} at peak), {r['wall_s']:.1f} s", flush=True)
+        info["runs"] = runs
+        if bug_demo:
+            # Rewrite the last (smallest) shard's header so that its length starts with byte 0x80:
+            # _sniff() then calls it a pickle and the whole index goes through torch.load.
+            last = sorted(tmp.glob("*.safetensors"))[-1]
+            set_header_length(last, pickle_like=True)
+            demo = dict(shard=last.name, sniff=sniff_shards(tmp))
+            r = run_rss_child(tmp, 1)
+            demo["run_njobs1"] = r
+            print(f"  RSS with {last.name} mis-sniffed ({demo['sniff']['checkpoint_class']}): self "
+                  f"{r['maxrss_self'] / GB:.2f} GB (anon {r['sampled_peak_anon'] / GB:.2f} + file "
+                  f"{r['sampled_peak_file'] / GB:.2f}), {r['wall_s']:.1f} s", flush=True)
+            info["misdetected_shard_demo"] = demo
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    info["total_s"] = time.perf_counter() - t_start
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def make_rows(res: dict) -> list[tuple[str, str, str, str]]:
+    rows = []
+    t = res.get("topoprune")
+    if t:
+        n = t["fits_njobs-1"]["n_matrices"]
+        for label, target in (("fits", TARGET_FITS_S), ("report", TARGET_REPORT_S)):
+            what = "degrees + power-law fits" if label == "fits" else "full report (+ Leiden modularity)"
+            for nj in (-1, 1):
+                m = t[f"{label}_njobs{nj}"]["median_s"]
+                rows.append((f"{what}, {n} BERT-base matrices, n_jobs={nj} (median of 3)", f"{m:.2f} s",
+                             f"≤ {target:g} s", _verdict(m <= target)))
+    nxr = res.get("networkx")
+    if nxr:
+        extra = "" if nxr["n_matrices"] == nxr["n_total"] else (
+            f" ({nxr['n_matrices']} matrices measured, ×{nxr['n_total'] / nxr['n_matrices']:g} extrapolated)")
+        rows.append((f"networkx + powerlaw pipeline, {nxr['n_total']} matrices (run once){extra}",
+                     f"{nxr['seconds_total_equiv']:.1f} s", "—", "—"))
+        for nj in (-1, 1):
+            r = nxr[f"speedup_vs_report_njobs{nj}"]
+            rows.append((f"speed-up over networkx, full report n_jobs={nj}", f"{r:.1f}×", f"≥ {TARGET_RATIO:g}×",
+                         _verdict(r >= TARGET_RATIO)))
+        c = nxr["check"]
+        same = c["degree_sequences_identical"] and c["mean_sd_identical"]
+        rows.append((f"degree sequences, in/out mean and sd vs networkx ({c['n_matrices']} matrices)",
+                     "identical" if same else f"differ (max |Δ| {c['max_abs_mean_sd_diff']:.3g})", "identical",
+                     _verdict(same)))
+        rows.append((f"max |Q_topoprune − Q_networkx| (Leiden vs Louvain, {c['n_matrices']} matrices)",
+                     f"{c['max_abs_dq']:.4f}", f"≤ {TARGET_DQ:g}", _verdict(c["max_abs_dq"] <= TARGET_DQ)))
+    rss = res.get("rss")
+    if rss:
+        target = rss["target_bytes"]
+        tgt = f"≤ {target / GB:.2f} GB"
+        for nj in (1, -1):
+            r = rss["runs"][f"njobs{nj}"]
+            rows.append((f"peak RSS, {rss['total_bytes'] / GB:.2f} GB checkpoint, n_jobs={nj}, main process",
+                         f"{r['maxrss_self'] / GB:.2f} GB", tgt, _verdict(r["maxrss_self"] <= target)))
+            if nj == -1:
+                rows.append(("  … largest worker process (RUSAGE_CHILDREN)", f"{r['maxrss_children'] / GB:.2f} GB",
+                             "—", "—"))
+        demo = rss.get("misdetected_shard_demo")
+        if demo:
+            r = demo["run_njobs1"]
+            rows.append(("peak RSS, same checkpoint with one shard mis-sniffed as pickle, n_jobs=1",
+                         f"{r['maxrss_self'] / GB:.2f} GB", tgt, _verdict(r["maxrss_self"] <= target)))
+    return rows
+
+
+def markdown_table(rows) -> str:
+    lines = ["| Measurement | Measured | Target | |", "|---|---|---|---|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _jsonable(obj):
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="networkx pipeline on the first 2 blocks only (time extrapolated to all matrices)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
+    ap.add_argument("--skip-networkx", action="store_true", help="leave out the networkx comparison")
+    ap.add_argument("--skip-rss", action="store_true", help="leave out the >= 2 GB peak-RSS measurement")
+    ap.add_argument("--no-bug-demo", action="store_true", help="leave out the mis-sniffed-shard RSS run")
+    ap.add_argument("--rss-child", nargs=2, metavar=("PATH", "N_JOBS"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    _env()
+    if args.rss_child:
+        rss_child(args.rss_child[0], int(args.rss_child[1]))
+        return 0
+
+    t_all = time.perf_counter()
+    res: dict = {"quick": args.quick, "machine": machine_info(), "loadavg_start": os.getloadavg()}
+    m = res["machine"]
+    print(f"machine: {m['nproc']} CPUs ({m['cpu']}), GPU: {m['gpu']}, Python {m['python']}, torch {m['torch']}",
+          flush=True)
+    with tempfile.TemporaryDirectory(prefix="topoprune-bench-bert-", dir="/tmp") as d:
+        path = build_bert(Path(d))
+        print("BERT-base checkpoint written; timing topoprune.analyze ...", flush=True)
+        timings, tables = time_topoprune(path)
+        res["topoprune"] = timings
+        res["njobs_results_identical"] = dict(
+            fits=same_tables(tables["fits_njobs-1"], tables["fits_njobs1"]),
+            report=same_tables(tables["report_njobs-1"], tables["report_njobs1"]))
+        if not args.skip_networkx:
+            report = tables["report_njobs-1"]
+            blocks = sorted(report["block"].unique())
+            use = blocks[:2] if args.quick else blocks
+            sel = report[report["block"].isin(use)].sort_values(["block", "name"])
+            assert (sel["name"] == sel["tensor"]).all(), "BERT matrices are stored [out, in], unsplit"
+            print(f"networkx pipeline on {len(sel)} matrices ...", flush=True)
+            with CpuMeter() as meter:
+                seconds, nx_results = networkx_pipeline(path, sel["name"].tolist())
+            n_total = len(report)
+            equiv = seconds * n_total / len(sel)
+            check = compare_with_networkx(path, report, nx_results)
+            res["networkx"] = dict(
+                n_matrices=len(sel), n_total=n_total, seconds=seconds, seconds_total_equiv=equiv,
+                extrapolated=len(sel) != n_total, foreign_cpus=float(meter),
+                speedup_vs_report_njobs1=equiv / timings["report_njobs1"]["median_s"],
+                **{"speedup_vs_report_njobs-1": equiv / timings["report_njobs-1"]["median_s"]},
+                check=check,
+                per_matrix={k: dict(seconds=v["seconds"], modularity=v["modularity"],
+                                    n_communities=v["n_communities"], n_edges=v["n_edges"], fits=v["fits"])
+                            for k, v in nx_results.items()},
+            )
+    if not args.skip_rss:
+        print("peak-RSS benchmark on a generated LLaMA-like checkpoint ...", flush=True)
+        res["rss"] = rss_benchmark(bug_demo=not args.no_bug_demo)
+    res["total_s"] = time.perf_counter() - t_all
+    res["loadavg_end"] = os.getloadavg()
+    rows = make_rows(res)
+    res["table"] = [dict(measurement=a, measured=b, target=c, verdict=d) for a, b, c, d in rows]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(_jsonable(res), indent=2) + "\n")
+    print()
+    print(markdown_table(rows))
+    print(f"\nn_jobs=-1 and n_jobs=1 give identical tables: {res['njobs_results_identical']}")
+    busy = {k: round(v["foreign_cpus"], 2) for k, v in res["topoprune"].items()}
+    if "networkx" in res:
+        busy["networkx"] = round(res["networkx"]["foreign_cpus"], 2)
+    print(f"CPUs kept busy by other processes during each timed block (of {m['nproc']}): {busy}")
+    print(f"total {res['total_s']:.0f} s; results in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
