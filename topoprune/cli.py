@@ -210,17 +210,85 @@ def compare(a, b, out, as_json, **opts):
 
 
 @main.command()
+@click.option("--model", default="minilm", show_default=True,
+              help="HF model directory, minilm (embedded), or tiny-bert/-gpt2/-opt/-llama/-t5.")
+@click.option("--data", default="tweets", show_default=True,
+              help="tweets (classification), ptb (causal LM), ptb-span (seq2seq), a .csv/.jsonl file, hub:NAME.")
+@click.option("--method", type=click.Choice(["neuroprune", "dense", "l1", "gmp", "random"]), default="neuroprune",
+              show_default=True, help="NeuroPrune or a baseline in the same harness.")
+@click.option("--target", type=float, default=None, help="Target sparsity of the MLP matrices (target mode).")
+@click.option("--schedule", default="cubic", show_default=True, help="Sparsity schedule in target mode.")
+@click.option("--alpha", "mlp_weight", type=float, default=1e-6, show_default=True, help="MLP penalty weight.")
+@click.option("--beta", "attn_weight", type=float, default=1e-6, show_default=True, help="Attention penalty weight.")
+@click.option("--eps", type=float, default=1e-4, show_default=True, help="|w| below which a weight is pruned.")
+@click.option("--theta", type=float, default=0.15, show_default=True, help="Head-similarity threshold.")
+@click.option("--head-pruning", type=click.Choice(["epoch", "steps", "off"]), default="epoch", show_default=True,
+              help="When redundant heads are pruned: at epoch ends (paper), every --head-every steps, or never.")
+@click.option("--head-every", type=int, default=None, help="Steps between head pruning with --head-pruning steps.")
+@click.option("--epochs", type=float, default=1.0, show_default=True)
+@click.option("--max-steps", type=int, default=-1, show_default=True, help="Overrides --epochs when > 0.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=5e-5, show_default=True)
+@click.option("--max-length", type=int, default=64, show_default=True)
+@click.option("--n-train", type=int, default=2000, show_default=True, help="Training examples (0: all).")
+@click.option("--n-eval", type=int, default=500, show_default=True, help="Evaluation examples (0: all).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--topology-every", type=int, default=50, show_default=True, help="Steps between topology snapshots.")
+@click.option("--save-steps", type=int, default=100, show_default=True)
+@click.option("--report-to", multiple=True, help="Trainer integration (tensorboard, ...); repeatable.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("topoprune-run"), show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUT/checkpoints.")
+def train(model, data, method, target, schedule, mlp_weight, attn_weight, eps, theta, head_pruning, head_every, epochs,
+          max_steps, batch_size, lr, max_length, n_train, n_eval, seed, topology_every, save_steps, report_to, out,
+          resume):
+    """Sparse training with NeuroPrune (or a baseline) and topology tracking."""
+    from .train import TrainConfig
+    from .train import train as run_train
+
+    neuroprune = dict(method=method, mlp_weight=mlp_weight, attn_weight=attn_weight, eps=eps, theta=theta,
+                      head_pruning=head_pruning, head_every_steps=head_every, target=target, schedule=schedule,
+                      seed=seed)
+    cfg = TrainConfig(model=model, data=data, out=str(out), epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                      lr=lr, max_length=max_length, n_train=n_train or None, n_eval=n_eval or None, seed=seed,
+                      topology_every=topology_every, save_steps=save_steps, report_to=tuple(report_to),
+                      neuroprune=neuroprune)
+    record = run_train(cfg, resume=resume, progress=sys.stderr.isatty())
+    if not record:
+        return
+    m = record["metrics"]
+    total = [r for r in record["sparsity"] if r.get("level") == "total"]
+    click.echo(f"{record['task']}: {record['steps']} steps in {record['train_seconds']:.1f} s; "
+               + ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k in ("eval_accuracy", "eval_loss",
+                                                                        "eval_perplexity"))
+               + (f"; sparsity {total[0]['sparsity']:.3f}" if total else "") + f"; run in {out}/")
+
+
+@main.command()
 @click.argument("report_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
               help="Figure directory [REPORT_DIR/figures].")
 def plot(report_dir, out):
-    """Regenerate the figures of a saved report (PNG and SVG)."""
-    from .plotting import save_figures
-    from .report import load_report
+    """Regenerate the figures of a saved report or training run (PNG and SVG)."""
+    from .errors import CheckpointError
 
-    report = load_report(report_dir)
-    paths = save_figures(report, out or Path(report_dir) / "figures")
-    click.echo(f"{len(paths)} files written to {out or Path(report_dir) / 'figures'}/")
+    report_dir = Path(report_dir)
+    if not report_dir.is_dir():
+        raise CheckpointError(f"{report_dir}: no such report or run directory")
+    target = out or report_dir / "figures"
+    paths = []
+    if (report_dir / "topology_history.csv").is_file():
+        from .plotting.training import save_training_figures
+
+        paths += save_training_figures(report_dir, target)
+    if (report_dir / "report.json").is_file():
+        from .plotting import save_figures
+        from .report import load_report
+
+        paths += save_figures(load_report(report_dir), target)
+    if not paths:
+        raise CheckpointError(f"{report_dir}: neither a report (report.json) nor a training run "
+                              "(topology_history.csv)")
+    click.echo(f"{len(paths)} files written to {target}/")
 
 
 if __name__ == "__main__":  # pragma: no cover

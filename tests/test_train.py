@@ -1,0 +1,99 @@
+"""`topoprune train` end to end on tiny models: outputs, baselines, bad input, resume, 2-process DDP."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from topoprune.cli import main
+
+TINY = ["--n-train", "128", "--n-eval", "32", "--batch-size", "16", "--lr", "1e-3", "--topology-every", "4",
+        "--save-steps", "4"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(map(str, args)), catch_exceptions=False)
+
+
+def test_train_classification_target_mode(tmp_path):
+    out = tmp_path / "run"
+    r = run("train", "--model", "tiny-bert", "--data", "tweets", "--max-steps", "8", "--target", "0.5", *TINY,
+            "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "classification: 8 steps" in r.output and "eval_accuracy" in r.output
+    for name in ("model/config.json", "model/model.safetensors", "masks.safetensors", "topoprune.json",
+                 "topology_history.csv", "figures/topology.png", "figures/topology.svg"):
+        assert (out / name).is_file(), name
+    rec = json.loads((out / "topoprune.json").read_text())
+    mlp = [r for r in rec["sparsity"] if r["level"] == "role" and r["role"].startswith("mlp")]
+    assert mlp and all(abs(r["sparsity"] - 0.5) < 0.01 for r in mlp)
+    assert rec["config"]["neuroprune"]["target"] == 0.5 and rec["steps"] == 8
+    assert rec["topoprune_version"] and "accuracy" in " ".join(rec["metrics"])
+    # the saved model reloads with plain transformers, with the masked zeros in place
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    w = model.bert.encoder.layer[0].intermediate.dense.weight
+    assert abs(float((w == 0).float().mean()) - 0.5) < 0.01
+    r = run("plot", out)
+    assert r.exit_code == 0 and "files written" in r.output
+
+
+@pytest.mark.parametrize("model, data, method", [("tiny-gpt2", "ptb", "l1"), ("tiny-t5", "ptb-span", "gmp")])
+def test_train_lm_and_seq2seq_baselines(tmp_path, model, data, method):
+    extra = ["--target", "0.3"] if method == "gmp" else []
+    r = run("train", "--model", model, "--data", data, "--method", method, "--max-steps", "4", "--max-length", "32",
+            *TINY, *extra, "--out", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "run" / "topoprune.json").read_text())
+    assert rec["metrics"]["eval_perplexity"] > 1 and rec["config"]["neuroprune"]["method"] == method
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--eps", "0"], "eps"), (["--theta", "-1"], "theta"), (["--target", "1.0"], "target"),
+    (["--alpha", "-1"], "weight"), (["--data", "nope.csv"], "nope.csv"),
+])
+def test_bad_hyperparameters_exit_2_before_training(tmp_path, args, message):
+    r = subprocess.run([sys.executable, "-m", "topoprune.cli", "train", "--model", "tiny-bert", "--max-steps", "2",
+                        *TINY, *args, "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
+    assert not (tmp_path / "run" / "topoprune.json").exists()
+
+
+def test_dataset_missing_column(tmp_path):
+    bad = tmp_path / "train.csv"
+    bad.write_text("sentence,label\nhello,1\nbye,0\n")
+    r = run("train", "--model", "tiny-bert", "--data", bad, "--max-steps", "2", *TINY, "--out", tmp_path / "run")
+    assert r.exit_code == 2 and "text" in r.output
+
+
+def test_resume_continues_to_the_same_final_sparsity(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--model", "tiny-bert", "--max-steps", "8", "--target", "0.6", "--head-pruning", "off", *TINY]
+    r = run(*args, "--out", out)
+    assert r.exit_code == 0, r.output
+    first = json.loads((out / "topoprune.json").read_text())
+    (out / "topoprune.json").unlink()
+    import shutil
+
+    shutil.rmtree(out / "checkpoints" / "checkpoint-8")  # "killed" after step 4's checkpoint
+    r = run(*args, "--out", out, "--resume")
+    assert r.exit_code == 0, r.output
+    again = json.loads((out / "topoprune.json").read_text())
+    pick = lambda rec: [(r["name"], r["sparsity"]) for r in rec["sparsity"] if r.get("role", "").startswith("mlp")]  # noqa: E731
+    assert pick(again) == pick(first) and again["steps"] == 8
+
+
+def test_two_process_ddp_identical_masks(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "topoprune.cli", "train", "--model", "tiny-bert", "--max-steps", "6", "--target", "0.5",
+           "--theta", "0.5", "--head-pruning", "steps", "--head-every", "3", *TINY, "--out", str(tmp_path / "ddp")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads((tmp_path / "ddp" / "topoprune.json").read_text())
+    assert rec["world_size"] == 2 and rec["ranks_agree"] is True  # mask digests all-gathered across ranks
+    assert rec["head_decisions"], "theta 0.5 on a random-init model must remove heads"
