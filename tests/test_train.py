@@ -87,9 +87,18 @@ def test_resume_continues_to_the_same_final_sparsity(tmp_path):
     assert pick(again) == pick(first) and again["steps"] == 8
 
 
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def test_two_process_ddp_identical_masks(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", _free_port(),
            "-m", "topoprune.cli", "train", "--model", "tiny-bert", "--max-steps", "6", "--target", "0.5",
            "--theta", "0.5", "--head-pruning", "steps", "--head-every", "3", *TINY, "--out", str(tmp_path / "ddp")]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
