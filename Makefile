@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test install bench figures clean
+.PHONY: demo test install bench bench-train figures clean
 
 install: $(STAMP)
 
@@ -28,6 +28,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) analysis/bench_analysis.py
+
+bench-train: $(STAMP)
+	$(PY) analysis/bench_neuroprune.py
 
 figures: $(STAMP)
 	$(PY) analysis/make_figures.py
