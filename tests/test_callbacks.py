@@ -1,5 +1,4 @@
 """NeuroPrune inside an unmodified Hugging Face Trainer: masks hold, topology is logged, resume works."""
-import math
 
 import pytest
 import torch

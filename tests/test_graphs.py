@@ -1,5 +1,4 @@
 """Edges, degrees and layered graphs on hand-built matrices, with networkx as the oracle."""
-import networkx as nx
 import numpy as np
 import pytest
 import torch

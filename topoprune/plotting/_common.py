@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
