@@ -106,3 +106,13 @@ def test_two_process_ddp_identical_masks(tmp_path):
     rec = json.loads((tmp_path / "ddp" / "topoprune.json").read_text())
     assert rec["world_size"] == 2 and rec["ranks_agree"] is True  # mask digests all-gathered across ranks
     assert rec["head_decisions"], "theta 0.5 on a random-init model must remove heads"
+
+
+@pytest.mark.slow
+def test_train_smollm2_on_ptb(tmp_path):
+    """Real SmolLM2-135M: two steps on PTB blocks (slow: loads and saves 0.5 GB)."""
+    r = run("train", "--model", "smollm2", "--data", "ptb", "--max-steps", "2", "--max-length", "32", "--n-train", "8",
+            "--n-eval", "4", "--batch-size", "2", "--target", "0.5", "--topology-every", "0", "--out", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "run" / "topoprune.json").read_text())
+    assert rec["metrics"]["eval_perplexity"] < 1000 and rec["task"] == "causal_lm"

@@ -211,7 +211,7 @@ def compare(a, b, out, as_json, **opts):
 
 @main.command()
 @click.option("--model", default="minilm", show_default=True,
-              help="HF model directory, minilm (embedded), or tiny-bert/-gpt2/-opt/-llama/-t5.")
+              help="HF model directory, minilm (embedded), smollm2 (causal LM), or tiny-bert/-gpt2/-opt/-llama/-t5.")
 @click.option("--data", default="tweets", show_default=True,
               help="tweets (classification), ptb (causal LM), ptb-span (seq2seq), a .csv/.jsonl file, hub:NAME.")
 @click.option("--method", type=click.Choice(["neuroprune", "dense", "l1", "gmp", "random"]), default="neuroprune",

