@@ -101,8 +101,11 @@ def select_edges(weight, config: GraphConfig | None = None, *, name: str = "weig
     mask = flat > kth
     need = k - int(torch.count_nonzero(mask))
     if need > 0:  # deterministic tie-break: lowest flat index first
-        ties = (flat == kth).nonzero().squeeze(1)[:need]
-        mask[ties] = True
+        eq = flat == kth
+        if int(torch.count_nonzero(eq)) <= need:  # the usual case: no real tie, no index search
+            mask |= eq
+        else:
+            mask[eq.nonzero().squeeze(1)[:need]] = True
     return EdgeSelection(mask.reshape(a.shape), mode, zero_fraction)
 
 
@@ -112,14 +115,15 @@ def edge_mask(weight, config: GraphConfig | None = None, *, name: str = "weight"
 
 
 def _csr(mask: torch.Tensor, values: torch.Tensor | None) -> sp.csr_array:
-    # Row-major nonzero() is already CSR order: build indptr/indices directly (no COO sort).
+    # One nonzero() pass over the flat mask is already CSR order: row = idx // in, col = idx % in.
     mask = mask.detach().cpu()
     n_out, n_in = mask.shape
-    indices = mask.nonzero(as_tuple=True)[1].numpy().astype(np.int32)
-    counts = mask.sum(dim=1, dtype=torch.int64).numpy()
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64 if indices.size > 2**31 - 1 else np.int32)
+    flat = mask.reshape(-1).nonzero().squeeze(1)
+    indices = (flat % n_in).to(torch.int32).numpy()
+    counts = torch.bincount(flat // n_in, minlength=n_out).numpy()
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64 if flat.numel() > 2**31 - 1 else np.int32)
     if values is not None:
-        data = values.detach().cpu()[mask].abs().to(torch.float32).numpy()
+        data = values.detach().cpu().reshape(-1)[flat].abs().to(torch.float32).numpy()
     else:
         data = np.ones(indices.size, np.float32)
     return sp.csr_array((data, indices, indptr), shape=(n_out, n_in))
