@@ -34,10 +34,10 @@ import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .errors import CheckpointError, ConfigError, TensorError
+from .graphs import top_k_mask
 
 log = logging.getLogger(__name__)
 
@@ -177,18 +177,7 @@ def select_keep(weight: torch.Tensor, keep_fraction: float, scores: torch.Tensor
         ok = allowed.reshape(-1).to(flat.device)
         k = min(k, int(ok.sum()))
         flat = flat.masked_fill(~ok, -math.inf)
-    if k == 0:
-        return torch.zeros(weight.shape, dtype=torch.bool, device=flat.device)
-    # k-th largest by selection (O(n); a full sort made the schedule step 10x slower), then
-    # ties at the boundary broken by lowest index, as a stable descending sort would.
-    if flat.device.type == "cpu":
-        kth = torch.as_tensor(np.partition(flat.numpy(), n - k)[n - k])
-    else:
-        kth = torch.kthvalue(flat, n - k + 1).values
-    keep = flat > kth
-    need = k - int(torch.count_nonzero(keep))
-    if need > 0:
-        keep[(flat == kth).nonzero().squeeze(1)[:need]] = True
+    keep = top_k_mask(flat, k)  # O(n) selection; a full sort made the schedule step 10x slower
     return keep.reshape(weight.shape)
 
 
