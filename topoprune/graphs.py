@@ -124,6 +124,30 @@ def top_k_mask(flat: torch.Tensor, k: int) -> torch.BoolTensor:
     return mask
 
 
+def row_top_k_mask(scores: torch.Tensor, k) -> torch.BoolTensor:
+    """Mask of the ``k[j]`` largest entries of each row ``j`` of ``scores`` [out, in]; ties to the lowest index.
+
+    ``k`` is an int or a length-``out`` integer sequence. The per-row threshold comes from a
+    values-only row sort (numpy, no index array); entries above it are kept, then the first
+    entries equal to it in column order -- the set a stable descending sort per row would give.
+    """
+    out, n = scores.shape
+    k = torch.as_tensor(np.broadcast_to(np.asarray(k, dtype=np.int64), (out,)).copy())
+    if bool((k < 0).any()) or bool((k > n).any()):
+        raise ValueError(f"row keep counts must be in [0, {n}]")
+    s = scores.detach().float().cpu()
+    if bool(torch.isnan(s).any()):
+        raise ValueError("scores contain NaN")
+    ordered = torch.from_numpy(np.sort(s.numpy(), axis=1))  # ascending, values only
+    kth = ordered.gather(1, (n - k).clamp(max=n - 1)[:, None])  # k-th largest (unused where k == 0)
+    mask = s > kth
+    need = k - mask.sum(1)
+    eq = s == kth
+    mask |= eq & (eq.cumsum(1) <= need[:, None])
+    mask[k == 0] = False
+    return mask.to(scores.device)
+
+
 def edge_mask(weight, config: GraphConfig | None = None, *, name: str = "weight") -> torch.Tensor:
     """Boolean edge mask of ``weight``, shape [out, in]; see :func:`select_edges`."""
     return select_edges(weight, config, name=name).mask

