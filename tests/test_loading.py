@@ -207,3 +207,34 @@ def test_safetensors_whose_header_length_starts_like_a_pickle(tmp_path):
     path.write_bytes(new)
     assert _sniff(path) == "safetensors"
     assert torch.equal(open_checkpoint(path).load("w"), torch.ones(2, 2))
+
+
+def test_smollm2_dir_builds_once_and_reuses_the_cache(tmp_path, monkeypatch):
+    """The GGUF is dequantised once into a safetensors directory keyed by the file; later calls reuse it."""
+    import transformers as tf
+
+    from topoprune import loading
+
+    gguf = tmp_path / "pkg" / "Tiny.Q4_1.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF" + b"\0" * 60)
+    calls = []
+
+    def fake_load(path):
+        calls.append(path)
+        cfg = tf.LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                             vocab_size=64)
+        return tf.LlamaForCausalLM(cfg), tf.PreTrainedTokenizerFast(
+            tokenizer_object=__import__("tokenizers").Tokenizer(
+                __import__("tokenizers").models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>")))
+
+    monkeypatch.setattr(loading, "smollm2_gguf", lambda: gguf)
+    monkeypatch.setattr(loading, "load_gguf_causal_lm", fake_load)
+    monkeypatch.setenv("TOPOPRUNE_CACHE", str(tmp_path / "cache"))
+    first = loading.smollm2_dir()
+    assert first.parent == tmp_path / "cache" and "Tiny.Q4_1" in first.name
+    assert (first / "model.safetensors").is_file() and (first / "config.json").is_file()
+    assert loading.smollm2_dir() == first and len(calls) == 1  # second call: no dequantisation
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    model = tf.AutoModelForCausalLM.from_pretrained(first)
+    assert model.config.num_hidden_layers == 1

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -106,6 +107,23 @@ def test_two_process_ddp_identical_masks(tmp_path):
     rec = json.loads((tmp_path / "ddp" / "topoprune.json").read_text())
     assert rec["world_size"] == 2 and rec["ranks_agree"] is True  # mask digests all-gathered across ranks
     assert rec["head_decisions"], "theta 0.5 on a random-init model must remove heads"
+
+
+def test_accelerate_launch_two_processes(tmp_path):
+    """`accelerate launch --multi_gpu` (its torch.distributed launcher; gloo on CPU) runs the same DDP path."""
+    import shutil
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert accelerate, "accelerate is a dependency: its launcher must be installed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1", "--main_process_port", _free_port(),
+           "-m", "topoprune.cli", "train", "--model", "tiny-bert", "--max-steps", "4", "--target", "0.5",
+           "--head-pruning", "off", *TINY, "--out", str(tmp_path / "acc")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads((tmp_path / "acc" / "topoprune.json").read_text())
+    assert rec["world_size"] == 2 and rec["ranks_agree"] is True
 
 
 @pytest.mark.slow

