@@ -136,3 +136,13 @@ def test_train_smollm2_on_ptb(tmp_path):
     # a pipeline check: 32-token blocks leave little context (dense SmolLM2 scores 293 at 128-token blocks)
     assert 1 < rec["metrics"]["eval_perplexity"] < 5000 and rec["task"] == "causal_lm"
     assert rec["sparsity"] and (tmp_path / "run" / "model" / "config.json").is_file()
+
+
+def test_target_mode_recuts_every_ten_steps_by_default():
+    """Without --frequency the schedule re-cuts every min(10, schedule length) steps; an explicit value wins."""
+    from topoprune.train import TrainConfig
+
+    assert TrainConfig(neuroprune={"target": 0.5}).neuroprune_config(100).frequency == 10
+    assert TrainConfig(neuroprune={"target": 0.5}).neuroprune_config(8).frequency == 6  # end = 0.75 * 8
+    assert TrainConfig(neuroprune={"target": 0.5, "frequency": 3}).neuroprune_config(100).frequency == 3
+    assert TrainConfig(neuroprune={"target": 0.5, "frequency": None}).neuroprune_config(100).frequency == 10

@@ -218,6 +218,8 @@ def compare(a, b, out, as_json, **opts):
               show_default=True, help="NeuroPrune or a baseline in the same harness.")
 @click.option("--target", type=float, default=None, help="Target sparsity of the MLP matrices (target mode).")
 @click.option("--schedule", default="cubic", show_default=True, help="Sparsity schedule in target mode.")
+@click.option("--frequency", type=int, default=None,
+              help="Steps between mask updates in target mode [min(10, schedule length)].")
 @click.option("--alpha", "mlp_weight", type=float, default=1e-6, show_default=True, help="MLP penalty weight.")
 @click.option("--beta", "attn_weight", type=float, default=1e-6, show_default=True, help="Attention penalty weight.")
 @click.option("--eps", type=float, default=1e-4, show_default=True, help="|w| below which a weight is pruned.")
@@ -238,7 +240,7 @@ def compare(a, b, out, as_json, **opts):
 @click.option("--report-to", multiple=True, help="Trainer integration (tensorboard, ...); repeatable.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("topoprune-run"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUT/checkpoints.")
-def train(model, data, method, target, schedule, mlp_weight, attn_weight, eps, theta, head_pruning, head_every, epochs,
+def train(model, data, method, target, schedule, frequency, mlp_weight, attn_weight, eps, theta, head_pruning, head_every, epochs,
           max_steps, batch_size, lr, max_length, n_train, n_eval, seed, topology_every, save_steps, report_to, out,
           resume):
     """Sparse training with NeuroPrune (or a baseline) and topology tracking."""
@@ -247,7 +249,7 @@ def train(model, data, method, target, schedule, mlp_weight, attn_weight, eps, t
 
     neuroprune = dict(method=method, mlp_weight=mlp_weight, attn_weight=attn_weight, eps=eps, theta=theta,
                       head_pruning=head_pruning, head_every_steps=head_every, target=target, schedule=schedule,
-                      seed=seed)
+                      frequency=frequency, seed=seed)
     cfg = TrainConfig(model=model, data=data, out=str(out), epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                       lr=lr, max_length=max_length, n_train=n_train or None, n_eval=n_eval or None, seed=seed,
                       topology_every=topology_every, save_steps=save_steps, report_to=tuple(report_to),
