@@ -45,9 +45,10 @@ parameter of :class:`OneShotConfig`):
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -172,9 +173,8 @@ class OneShotResult:
     seconds: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("masks")
-        return d
+        """Everything but the masks, as plain JSON-ready values."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "masks"}
 
 
 # ----------------------------------------------------------------------------- masks
@@ -346,6 +346,7 @@ def prune(model: torch.nn.Module, windows: torch.Tensor, config: OneShotConfig, 
         block_s = al.owl(ratios, cfg.sparsity, cfg.owl_lambda, lo=lo, hi=hi, weights=weights,
                          rebalance_mean=cfg.rebalance)
         seconds["owl"] = time.perf_counter() - t0
+        del chunks
     elif cfg.allocation == "neuroal":
         chunks = capture_inputs(model, blocks, windows[:cfg.n_search], cfg.batch_size)
         if cfg.neuroal_steps in ("both", "block"):
@@ -375,7 +376,7 @@ def prune(model: torch.nn.Module, windows: torch.Tensor, config: OneShotConfig, 
     for b, layer in enumerate(tqdm(blocks.layers, desc=f"{cfg.method} pruning", unit="block", disable=not progress,
                                    leave=False)):
         lins = blocks.linears[b]
-        _, stats, _ = run_block(layer, x, lins if cfg.method == "wanda" else None, keep_outputs=False)
+        stats = run_block(layer, x, lins, keep_outputs=False)[1] if cfg.method == "wanda" else None
         for lin in lins:
             plan = _plan_of(b, lin, block_s, rows)
             mask = layer_mask(_scores(lin, (stats or {}).get(lin.name), cfg.method), plan,
