@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test install bench bench-train figures clean
+.PHONY: demo test install bench bench-train bench-oneshot figures clean
 
 install: $(STAMP)
 
@@ -31,6 +31,9 @@ bench: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) analysis/bench_neuroprune.py
+
+bench-oneshot: $(STAMP)
+	$(PY) analysis/bench_oneshot.py
 
 figures: $(STAMP)
 	$(PY) analysis/make_figures.py

@@ -272,7 +272,7 @@ def perplexity(model: torch.nn.Module, ids: torch.Tensor, *, window: int = 512, 
     non-overlapping, as in the Wanda/SparseGPT protocol). Each token is scored once: in the
     first window that contains it with context, i.e. the first window scores all its tokens
     but the first, later windows only their last ``stride`` tokens. ``max_tokens`` keeps only
-    the start of the text.
+    the start of the text. The model is scored in eval mode (no dropout); its mode is restored.
     """
     stride = stride or window
     if window < 2 or not 0 < stride <= window:
@@ -291,6 +291,15 @@ def perplexity(model: torch.nn.Module, ids: torch.Tensor, *, window: int = 512, 
             break
         begin += stride
     device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # no dropout while scoring; the mode is restored below
+    try:
+        return _perplexity(model, ids, spans, device, batch_size, progress)
+    finally:
+        model.train(was_training)
+
+
+def _perplexity(model, ids, spans, device, batch_size, progress) -> float:
     nll, count = 0.0, 0
     from tqdm.auto import tqdm
 

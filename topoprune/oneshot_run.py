@@ -55,7 +55,8 @@ def load_causal_lm(name: str, seed: int = 0):
         from .train import _tokenizer, build_model
 
         tok = _tokenizer()
-        return build_model(name, "causal_lm", tok, seed=seed), tok, name
+        # eval(): a freshly built model is in training mode, with dropout on (OPT, GPT-2)
+        return build_model(name, "causal_lm", tok, seed=seed).eval(), tok, name
     path = Path(name)
     if name == "smollm2":
         from .loading import smollm2_dir
@@ -68,7 +69,7 @@ def load_causal_lm(name: str, seed: int = 0):
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"{path}: cannot be loaded as a causal LM ({' '.join(str(exc).split())[:160]})") from None
-    return model, tok, str(path)
+    return model.eval(), tok, str(path)
 
 
 def _prepare_out(out: Path, overwrite: bool) -> Path:
@@ -122,6 +123,9 @@ def run_oneshot(model: str, out, config: OneShotConfig, *, eval_tokens: int | No
     out = Path(out)
     if eval_tokens is not None and eval_tokens < 0:
         raise ConfigError(f"eval_tokens must be >= 0, got {eval_tokens}")
+    if eval_tokens is not None and (window < 2 or not 0 < (stride or window) <= window):
+        # checked here too, not only in perplexity(): that runs after the dense analysis
+        raise ConfigError(f"perplexity needs window >= 2 and 0 < stride <= window, got {window}, {stride}")
     net, tok, source = load_causal_lm(model, config.seed)
     find_blocks(net)  # fails early on models without blocks
     calib = text_ids(tok, config.calibration)
