@@ -137,7 +137,7 @@ class OneShotConfig:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         lo, hi = self.clip
         if not 0.0 <= lo < hi <= 1.0 or not lo <= self.sparsity <= hi:
-            raise ConfigError(f"clip bounds must satisfy 0 <= lo < sparsity < hi <= 1, got {self.clip}")
+            raise ConfigError(f"clip bounds must satisfy 0 <= lo < hi <= 1 and lo <= sparsity <= hi, got {self.clip}")
         grids = [("row_grid", self.row_grid)] + ([("block_grid", self.block_grid)] if self.block_grid else [])
         for name, grid in grids:
             if not grid or any(not isinstance(v, (int, float)) or not 0 <= v < 1 for v in grid):
