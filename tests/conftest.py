@@ -43,3 +43,14 @@ def mlp_state():
     g = torch.Generator().manual_seed(0)
     return {f"layers.{i}.mlp.{n}.weight": torch.randn(s, generator=g)
             for i in range(2) for n, s in (("fc1", (96, 48)), ("fc2", (48, 96)))}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-tensor tests: more threads only cost time on a shared machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

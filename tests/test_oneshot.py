@@ -20,13 +20,7 @@ FINAL_NORM = {"tiny-llama": "model.norm", "tiny-opt": "model.decoder.final_layer
               "tiny-gpt2": "transformer.ln_f"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only cost time (and the test machine is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.lru_cache(maxsize=None)
