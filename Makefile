@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(PY) analysis/bench_analysis.py
 
 bench-train: $(STAMP)
-	$(PY) analysis/bench_neuroprune.py
+	$(PY) analysis/bench_neuroprune.py --resume
 
 bench-oneshot: $(STAMP)
 	$(PY) analysis/bench_oneshot.py

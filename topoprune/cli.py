@@ -209,6 +209,20 @@ def compare(a, b, out, as_json, **opts):
     _print_table(table, cols)
 
 
+def _leave_process_group(wait: bool) -> None:
+    """Wait for every rank, then shut the process group down before the interpreter exits.
+
+    Rank 0 writes the run directory after the other ranks have returned; letting those ranks exit with a
+    live gloo group intermittently aborts them ("terminate called without an active exception").
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 @main.command()
 @click.option("--model", default="minilm", show_default=True,
               help="HF model directory, minilm (embedded), smollm2 (causal LM), or tiny-bert/-gpt2/-opt/-llama/-t5.")
@@ -254,7 +268,12 @@ def train(model, data, method, target, schedule, frequency, mlp_weight, attn_wei
                       lr=lr, max_length=max_length, n_train=n_train or None, n_eval=n_eval or None, seed=seed,
                       topology_every=topology_every, save_steps=save_steps, report_to=tuple(report_to),
                       neuroprune=neuroprune)
-    record = run_train(cfg, resume=resume, progress=sys.stderr.isatty())
+    try:
+        record = run_train(cfg, resume=resume, progress=sys.stderr.isatty())
+    except BaseException:
+        _leave_process_group(wait=False)  # a failing rank must not block in a barrier the others never reach
+        raise
+    _leave_process_group(wait=True)
     if not record:
         return
     m = record["metrics"]
