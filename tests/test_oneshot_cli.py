@@ -215,3 +215,28 @@ def test_bad_evaluation_settings_fail_before_any_work(tmp_path, calib, monkeypat
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], _stderr(r)
     assert not out.exists()
     _assert_clean(tmp_path)
+
+
+def test_owl_options_reach_the_allocation(tmp_path, calib):
+    """--owl-lambda sets OWL's band: 0 gives every block the target, a wide band spreads them within it."""
+    spreads = {}
+    for lam in (0.0, 0.2):
+        out = tmp_path / f"owl{lam}"
+        r = run("tiny-llama", "--sparsity", 0.5, "--allocation", "owl", "--owl-lambda", lam, "--owl-m", 3,
+                "--calibration", calib, *FAST, "--no-analyze", "--no-eval", "-o", out)
+        assert r.exit_code == 0, r.output
+        rec = json.loads((out / "topoprune.json").read_text())
+        assert rec["config"]["owl_lambda"] == lam and rec["config"]["owl_m"] == 3
+        blocks = rec["block_sparsity"]
+        assert all(0.5 - lam - 1e-9 <= b <= 0.5 + lam + 1e-9 for b in blocks), blocks
+        spreads[lam] = max(blocks) - min(blocks)
+        assert abs(rec["sparsity"] - 0.5) < 1e-3
+    assert spreads[0.0] < 1e-9 < spreads[0.2]
+
+
+@pytest.mark.parametrize("args", [("--owl-m", 0), ("--owl-lambda", -0.1)])
+def test_bad_owl_settings(tmp_path, calib, args):
+    out = tmp_path / "OUT"
+    _bad(tmp_path, "tiny-llama", "--allocation", "owl", *args, "--calibration", calib, "-o", out, message="owl")
+    assert not out.exists()
+    _assert_clean(tmp_path)

@@ -291,6 +291,10 @@ def train(model, data, method, target, schedule, frequency, mlp_weight, attn_wei
 @click.option("--sparsity", type=float, default=0.5, show_default=True, help="Target sparsity of the block layers.")
 @click.option("--allocation", type=click.Choice(["uniform", "owl", "neuroal"]), default="neuroal", show_default=True,
               help="How the sparsity is spread over blocks and rows.")
+@click.option("--owl-m", type=float, default=5.0, show_default=True,
+              help="OWL outlier threshold M (an entry is an outlier when its score exceeds M x the layer mean).")
+@click.option("--owl-lambda", type=float, default=0.08, show_default=True,
+              help="OWL band half-width λ: block sparsities lie in [s-λ, s+λ].")
 @click.option("--steps", "neuroal_steps", type=click.Choice(["both", "block", "row"]), default="both",
               show_default=True, help="NeuroAL steps.")
 @click.option("--group", type=click.Choice(["auto", "row", "layer"]), default="auto", show_default=True,
@@ -313,7 +317,7 @@ def train(model, data, method, target, schedule, frequency, mlp_weight, attn_wei
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("topoprune-oneshot"), show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def oneshot(model, method, sparsity, allocation, neuroal_steps, group, calibration, n_calibration, n_search, seq_len,
+def oneshot(model, method, sparsity, allocation, owl_m, owl_lambda, neuroal_steps, group, calibration, n_calibration, n_search, seq_len,
             eval_tokens, evaluate, window, stride, analyze_topology, fits, modularity, batch_size, seed, out,
             overwrite):
     """Prune MODEL once, without training (Wanda/magnitude with uniform, OWL or NeuroAL allocation).
@@ -325,7 +329,8 @@ def oneshot(model, method, sparsity, allocation, neuroal_steps, group, calibrati
     from .oneshot import OneShotConfig
     from .oneshot_run import run_oneshot
 
-    cfg = OneShotConfig(method=method, sparsity=sparsity, allocation=allocation, neuroal_steps=neuroal_steps,
+    cfg = OneShotConfig(method=method, sparsity=sparsity, allocation=allocation, owl_m=owl_m, owl_lambda=owl_lambda,
+                        neuroal_steps=neuroal_steps,
                         group=group, calibration=calibration, n_calibration=n_calibration, n_search=n_search,
                         seq_len=seq_len, seed=seed, batch_size=batch_size)
     record = run_oneshot(model, out, cfg, eval_tokens=eval_tokens if evaluate else None, window=window,
