@@ -146,3 +146,17 @@ def test_target_mode_recuts_every_ten_steps_by_default():
     assert TrainConfig(neuroprune={"target": 0.5}).neuroprune_config(8).frequency == 6  # end = 0.75 * 8
     assert TrainConfig(neuroprune={"target": 0.5, "frequency": 3}).neuroprune_config(100).frequency == 3
     assert TrainConfig(neuroprune={"target": 0.5, "frequency": None}).neuroprune_config(100).frequency == 10
+
+
+def test_leave_process_group_shuts_the_group_down(tmp_path):
+    """The CLI's exit path: a barrier, then the group is destroyed (a live gloo group can abort at exit)."""
+    import torch.distributed as dist
+
+    from topoprune.train import leave_process_group
+
+    leave_process_group()  # no group: a no-op
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    leave_process_group(wait=True)
+    assert not dist.is_initialized()
+    leave_process_group(wait=False)  # twice (atexit after the CLI): still a no-op

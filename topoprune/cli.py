@@ -209,20 +209,6 @@ def compare(a, b, out, as_json, **opts):
     _print_table(table, cols)
 
 
-def _leave_process_group(wait: bool) -> None:
-    """Wait for every rank, then shut the process group down before the interpreter exits.
-
-    Rank 0 writes the run directory after the other ranks have returned; letting those ranks exit with a
-    live gloo group intermittently aborts them ("terminate called without an active exception").
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        if wait:
-            dist.barrier()
-        dist.destroy_process_group()
-
-
 @main.command()
 @click.option("--model", default="minilm", show_default=True,
               help="HF model directory, minilm (embedded), smollm2 (causal LM), or tiny-bert/-gpt2/-opt/-llama/-t5.")
@@ -258,7 +244,7 @@ def train(model, data, method, target, schedule, frequency, mlp_weight, attn_wei
           max_steps, batch_size, lr, max_length, n_train, n_eval, seed, topology_every, save_steps, report_to, out,
           resume):
     """Sparse training with NeuroPrune (or a baseline) and topology tracking."""
-    from .train import TrainConfig
+    from .train import TrainConfig, leave_process_group
     from .train import train as run_train
 
     neuroprune = dict(method=method, mlp_weight=mlp_weight, attn_weight=attn_weight, eps=eps, theta=theta,
@@ -271,9 +257,9 @@ def train(model, data, method, target, schedule, frequency, mlp_weight, attn_wei
     try:
         record = run_train(cfg, resume=resume, progress=sys.stderr.isatty())
     except BaseException:
-        _leave_process_group(wait=False)  # a failing rank must not block in a barrier the others never reach
+        leave_process_group(wait=False)  # a failing rank must not block in a barrier the others never reach
         raise
-    _leave_process_group(wait=True)
+    leave_process_group(wait=True)
     if not record:
         return
     m = record["metrics"]

@@ -23,6 +23,7 @@ records whether every rank ended with identical masks.
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import json
@@ -203,6 +204,23 @@ def _ranks_agree(digest: str) -> bool | None:
     return len(set(everyone)) == 1
 
 
+def leave_process_group(wait: bool = True) -> None:
+    """Shut down the default process group (if any) while the interpreter is fully alive.
+
+    Gloo's worker threads outlive a process that exits with a live group and intermittently
+    abort it ("terminate called without an active exception", pytorch/pytorch#190489). The CLI
+    calls this with ``wait=True`` after :func:`train` (a barrier first, so rank 0 has written the
+    run directory); :func:`train` also registers it (``wait=False``) with :mod:`atexit` for
+    scripts that never call it. A no-op without torch.distributed or an initialised group.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict:
     """Run one training job and write its run directory; return the final record.
 
@@ -284,6 +302,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     if data.task != "classification" and "eval_loss" in metrics:
         metrics["eval_perplexity"] = float(np.exp(min(metrics["eval_loss"], 50)))
     agree = _ranks_agree(_mask_digest(npr.masks))
+    if agree is not None:
+        atexit.register(leave_process_group, wait=False)
     if not trainer.is_world_process_zero():
         return {}
     trainer.save_model(str(out / "model"))
