@@ -37,6 +37,7 @@ bench-oneshot: $(STAMP)
 
 figures: $(STAMP)
 	$(PY) analysis/make_figures.py
+	$(PY) analysis/bench_neuroprune.py --plot-only
 
 clean:
 	rm -rf $(VENV) demo-report

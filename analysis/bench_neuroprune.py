@@ -69,7 +69,11 @@ def main():
     ap.add_argument("--methods", default="neuroprune,gmp,l1,random")
     ap.add_argument("--out", default=str(ROOT / "analysis" / "results" / "bench_neuroprune.json"))
     ap.add_argument("--resume", action="store_true", help="skip runs the results file holds with identical settings")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the figure from the results file")
     args = ap.parse_args()
+    if args.plot_only:
+        old = json.loads(Path(args.out).read_text())
+        return plot(old["rows"], old["settings"]["n_eval"])
     if args.quick:
         args.n_train, args.n_eval, args.targets = 500, 200, "0.7"
     targets = [float(t) for t in args.targets.split(",")]
@@ -104,24 +108,32 @@ def main():
         print(f"| {r['method']} | {r['target'] or 0:.0%} | {r['accuracy']:.4f} | {r['mlp_sparsity']:.3f} | "
               f"{r['conn_sd_count']:.2f} | {r['conn_sd_percent']:.2f} | {r['seconds_per_step']:.3f} | "
               f"{r['step_time_vs_dense']:.2f}x | {r['wall_seconds']:.0f} |")
-    plot(rows)
+    plot(rows, args.n_eval)
 
 
-def plot(rows):
+def plot(rows, n_eval: int):
+    """Accuracy against MLP sparsity, with ±1 binomial standard error sqrt(p(1-p)/n) as error bars."""
+    import math
+
     from matplotlib.figure import Figure
+
+    se = lambda p: math.sqrt(p * (1 - p) / n_eval)  # noqa: E731
 
     fig = Figure(figsize=(5, 3.5), layout="constrained")
     ax = fig.subplots()
     dense = [r for r in rows if r["method"] == "dense"][0]
     ax.axhline(dense["accuracy"], color="grey", ls="--", label="dense fine-tuning")
-    for method, marker in (("neuroprune", "o"), ("gmp", "s"), ("l1", "^"), ("random", "x")):
+    ax.axhspan(dense["accuracy"] - se(dense["accuracy"]), dense["accuracy"] + se(dense["accuracy"]), color="grey",
+               alpha=0.15, lw=0)
+    for method, marker, dx in (("neuroprune", "o", -1.2), ("gmp", "s", -0.4), ("l1", "^", 0.4), ("random", "x", 1.2)):
         pts = sorted((r["target"], r["accuracy"]) for r in rows if r["method"] == method)
         if pts:
-            ax.plot([100 * p[0] for p in pts], [p[1] for p in pts], marker=marker, label=method)
-    ax.set_xlabel("MLP sparsity (%)")
+            ax.errorbar([100 * p[0] + dx for p in pts], [p[1] for p in pts], yerr=[se(p[1]) for p in pts], marker=marker,
+                        capsize=3, label=method)
+    ax.set_xlabel("MLP sparsity (%; methods offset for legibility)")
     ax.set_ylabel("test accuracy")
-    ax.set_title("MiniLM, positive vs negative tweets")
-    ax.legend(frameon=False, fontsize=8)
+    ax.set_title(f"MiniLM, positive vs negative tweets (n = {n_eval:,}, ±1 s.e.)", fontsize=10)
+    ax.legend(frameon=False, fontsize=8, loc="lower left")
     for fmt in ("png", "svg"):
         fig.savefig(ROOT / "figures" / f"neuroprune_accuracy.{fmt}", format=fmt, dpi=120)
 
