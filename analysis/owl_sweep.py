@@ -65,7 +65,8 @@ def plot(rows: list[dict], args, path: Path) -> None:
     ax_m.set_xlabel("OWL outlier threshold M")
     for ax in (ax_l, ax_m):
         ax.legend(frameon=False, fontsize=8)
-    fig.suptitle(f"{args.model}, {args.method} at {args.sparsity:.0%}: OWL's sensitivity to λ and M", fontsize=10)
+    name = "SmolLM2-135M" if args.model == "smollm2" else args.model
+    fig.suptitle(f"{name}, {args.method} at {args.sparsity:.0%}: OWL's sensitivity to λ and M", fontsize=10)
     for fmt in ("png", "svg"):
         fig.savefig(path.with_suffix(f".{fmt}"), format=fmt, dpi=120)
 
