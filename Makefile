@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test install bench bench-train bench-oneshot figures clean
+.PHONY: demo test install bench bench-train bench-oneshot bench-owl figures clean
 
 install: $(STAMP)
 
@@ -33,7 +33,10 @@ bench-train: $(STAMP)
 	$(PY) analysis/bench_neuroprune.py --resume
 
 bench-oneshot: $(STAMP)
-	$(PY) analysis/bench_oneshot.py
+	$(PY) analysis/bench_oneshot.py --resume
+
+bench-owl: $(STAMP)
+	$(PY) analysis/owl_sweep.py --resume
 
 figures: $(STAMP)
 	$(PY) analysis/make_figures.py
