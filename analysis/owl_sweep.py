@@ -57,11 +57,13 @@ def plot(rows: list[dict], args, path: Path) -> None:
             ax.axhline(uniform[0], color="tab:blue", ls="--", label="uniform")
         ax.set_ylabel("PTB perplexity")
     pts = sorted((r["owl_lambda"], r["ppl"]) for r in rows if r["owl_m"] == args.m_fixed and r["owl_lambda"] > 0)
-    ax_l.plot(*zip(*pts), marker="^", color="tab:orange", label=f"OWL, M = {args.m_fixed:g}") if pts else None
+    if pts:
+        ax_l.plot(*zip(*pts), marker="^", color="tab:orange", label=f"OWL, M = {args.m_fixed:g}")
     ax_l.set_xlabel("OWL λ")
     lam_best = best_lambda(rows, args)
     pts = sorted((r["owl_m"], r["ppl"]) for r in rows if r["owl_lambda"] == lam_best and lam_best > 0)
-    ax_m.plot(*zip(*pts), marker="^", color="tab:orange", label=f"OWL, λ = {lam_best:g}") if pts else None
+    if pts:
+        ax_m.plot(*zip(*pts), marker="^", color="tab:orange", label=f"OWL, λ = {lam_best:g}")
     ax_m.set_xlabel("OWL outlier threshold M")
     for ax in (ax_l, ax_m):
         ax.legend(frameon=False, fontsize=8)
