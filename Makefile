@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/topoprune analyze --out demo-report --plots
+	$(VENV)/bin/topoprune analyze --out demo-report --plots --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

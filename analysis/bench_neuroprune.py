@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import topoprune  # noqa: E402
 from topoprune.config import AnalysisConfig, GraphConfig  # noqa: E402
-from topoprune.report import atomic_path  # noqa: E402
+from topoprune.io import atomic_path  # noqa: E402
 from topoprune.train import TrainConfig, train  # noqa: E402
 
 

@@ -45,7 +45,7 @@ import topoprune  # noqa: E402
 from topoprune.calibration import perplexity, sample_windows, text_ids  # noqa: E402
 from topoprune.oneshot import OneShotConfig, prune  # noqa: E402
 from topoprune.oneshot_run import load_causal_lm  # noqa: E402
-from topoprune.report import atomic_path  # noqa: E402
+from topoprune.io import atomic_path  # noqa: E402
 
 TOPUP_LIMIT_S = 600.0
 QUICK_DIR = Path(tempfile.gettempdir()) / "topoprune-bench-oneshot-quick"

@@ -173,12 +173,20 @@ def test_model_without_blocks(tmp_path, calib):
 
 
 def test_existing_output_needs_overwrite(tmp_path, calib):
-    """A non-empty OUT is kept without --overwrite (exit 2) and replaced with it."""
+    """An earlier topoprune run in OUT is kept without --overwrite (exit 2) and replaced with it; a
+    directory topoprune did not write is never replaced."""
+    mine = tmp_path / "MINE"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("precious")
+    for extra in ((), ("--overwrite",)):
+        _bad(tmp_path, "tiny-llama", "--calibration", calib, "-o", mine, *extra, message="not written by topoprune")
+    assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"] and (mine / "keep.txt").read_text() == "precious"
     out = tmp_path / "OUT"
     out.mkdir()
-    (out / "keep.txt").write_text("precious")
+    (out / "topoprune.json").write_text("{}")  # an earlier run
+    (out / "keep.txt").write_text("old")
     _bad(tmp_path, "tiny-llama", "--calibration", calib, "-o", out, message="--overwrite")
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "precious"
+    assert (out / "keep.txt").read_text() == "old"
     _assert_clean(tmp_path)
     r = run("tiny-llama", "--sparsity", 0.5, "--allocation", "owl", "--calibration", calib, *FAST, "--no-analyze",
             "--no-eval", "-o", out, "--overwrite")

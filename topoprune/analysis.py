@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import multiprocessing
-import os
-import sys
 from collections import defaultdict
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -31,9 +28,14 @@ from .config import AnalysisConfig, ConfigError, GraphConfig
 from .errors import CheckpointError, TensorError
 from .fits import fit_degrees
 from .graphs import BipartiteGraph, LayeredGraph, _csr, attention_graph, mlp_graph, select_edges, stack
+from .guards import analysis_bytes, check_memory
 from .loading import open_checkpoint
 from .metrics import degree_stats, edge_modularity
 from .roles import ROLES, MatrixSpec, describe
+from .workers import Inline as _Inline
+from .workers import executor as _executor
+from .workers import n_workers, stop  # noqa: F401  (n_workers: part of this module's interface)
+from .workers import worker_init as _one_thread  # noqa: F401  (the workers' initializer)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ _FIT = ["alpha", "xmin", "sigma", "ks_d", "n_tail", "R_lognormal", "p_lognormal"
         "p_exponential", "R_truncated_power_law", "p_truncated_power_law", "verdict"]
 #: Column schema of :func:`analyze`, declared once. ``in_*`` describe output neurons'
 #: fan-in (rows of W), ``out_*`` input neurons' fan-out (columns of W).
-COLUMNS = (ID_COLUMNS + ["edge_mode", "n_edges", "edge_density", "zero_fraction"]
+COLUMNS = (ID_COLUMNS + ["edge_mode", "n_edges", "edge_density", "zero_fraction", "max_abs"]
            + [f"{side}_{c}" for side in ("in", "out") for c in _STATS + _FIT]
            + ["modularity", "n_communities"])
 
@@ -134,46 +136,6 @@ def _layered_metrics(lg: LayeredGraph, key: dict, config: AnalysisConfig) -> dic
     return row
 
 
-class _Inline(Executor):
-    """Runs submitted work at once (``n_jobs=1``), with the Executor interface."""
-
-    def submit(self, fn, /, *args, **kwargs):
-        fut: Future = Future()
-        fut.set_result(fn(*args, **kwargs))
-        return fut
-
-
-def _one_thread() -> None:
-    # Worker initializer: BLAS/OpenMP pools of several processes on few cores thrash
-    # (measured: 2 workers 2.2x slower without this on 2 cores).
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
-    torch.set_num_threads(1)
-
-
-def n_workers(n_jobs: int) -> int:
-    """Worker count for ``n_jobs`` (-1: one per CPU, at most 8)."""
-    return min(os.cpu_count() or 1, 8) if n_jobs == -1 else n_jobs
-
-
-def _executor(n_jobs: int) -> Executor:
-    n_jobs = n_workers(n_jobs)
-    if n_jobs <= 1:
-        return _Inline()
-    # fork shares the imported modules (no re-import cost); workers touch no torch state.
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    if method == "fork":  # import the workers' heavy modules once here, not once per worker (~0.7 s each)
-        import igraph  # noqa: F401
-        import powerlaw  # noqa: F401
-        import scipy.optimize  # noqa: F401
-    ex = ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context(method),
-                             initializer=_one_thread)
-    for f in [ex.submit(int, 0) for _ in range(n_jobs)]:  # start workers now, before tensors are loaded
-        f.result()
-    return ex
-
-
 def matrix_row(w: torch.Tensor, spec: MatrixSpec, config: AnalysisConfig, executor: Executor | None = None,
                patterns: dict | None = None) -> tuple[dict, BipartiteGraph | None, Future | None]:
     """Metrics of one oriented matrix ``w`` ([out, in]) as a report row, and its graph.
@@ -197,7 +159,8 @@ def matrix_row(w: torch.Tensor, spec: MatrixSpec, config: AnalysisConfig, execut
     g = BipartiteGraph(_csr(sel.mask, w), spec.name)
     if patterns is not None and config.pattern_size:
         patterns[spec.name] = edge_density_map(sel.mask, config.pattern_size)
-    row.update(zero_fraction=sel.zero_fraction, edge_mode=sel.mode, n_edges=g.n_edges, edge_density=g.density)
+    row.update(zero_fraction=sel.zero_fraction, max_abs=sel.max_abs, edge_mode=sel.mode, n_edges=g.n_edges,
+               edge_density=g.density)
     if g.n_edges == 0:
         row["status"] = "all_zero"
         return row, g, None
@@ -312,7 +275,7 @@ def analyze_report(source, density: float | None = None, *, threshold: float | N
         layout = describe(ckpt)
         if not layout.specs:
             raise CheckpointError(f"{ckpt.source}: no 2-D floating-point weight matrices to analyse "
-                                  f"({len(layout.skipped)} tensors, all 1-D or non-float)")
+                                  f"({len(layout.skipped)} tensors, all 1-D, empty or non-float)")
         specs = _select(layout.specs, config)
         if not specs:
             raise ConfigError(f"{ckpt.source}: no matrix matches the layer/role selection")
@@ -321,11 +284,13 @@ def analyze_report(source, density: float | None = None, *, threshold: float | N
         for s in specs:
             by_tensor[s.tensor].append(s)
         order = sorted(by_tensor, key=lambda t: (shard.get(t, ""), specs.index(by_tensor[t][0])))
+        _check_memory(ckpt, order)
         rows, futures, keep, layered, patterns, degrees = [], [], defaultdict(dict), [], {}, {}
         bar = _progress(len(specs), progress)
         limits = threadpool_limits(1)  # idle BLAS threads spinning here would starve the workers
-        executor = _executor(config.n_jobs)
+        executor, done = _Inline(), False
         try:
+            executor = _executor(config.n_jobs, len(specs))
             for tensor_name in order:
                 tensor = ckpt.load(tensor_name)
                 for spec in by_tensor[tensor_name]:
@@ -339,6 +304,7 @@ def analyze_report(source, density: float | None = None, *, threshold: float | N
                         keep[(spec.side, spec.block)][spec.role] = (g, spec)
                     bar.update(1)
                 del tensor
+            _check_threshold(rows, config)
             built = {key: _block_graphs(graphs) for key, graphs in sorted(keep.items())}
             keep.clear()
             for (side, block), graphs in built.items():
@@ -352,8 +318,9 @@ def analyze_report(source, density: float | None = None, *, threshold: float | N
                 if fut is not None:
                     row.update(fut.result())
             layered = [f.result() for f in layered]
+            done = True
         finally:
-            executor.shutdown(wait=True, cancel_futures=True)
+            stop(executor, kill=not done)  # after an error or an interrupt: end the workers, wait for nothing
             limits.restore_original_limits()
             bar.close()
     finally:
@@ -364,6 +331,29 @@ def analyze_report(source, density: float | None = None, *, threshold: float | N
                 known_layout=layout.known)
     df.attrs.update(meta)
     return Report(df, pd.DataFrame(layered), degrees, patterns, meta)
+
+
+def _check_memory(ckpt, names) -> None:
+    """Refuse, before any work, a tensor too large for the memory available (stored + float32 copy)."""
+    infos = {t.name: t for t in ckpt.tensors()}
+    need = {n: analysis_bytes(infos[n].shape, infos[n].dtype) for n in names if n in infos}
+    if need:
+        largest = max(need, key=need.get)
+        check_memory(largest, need[largest], "analyse")
+
+
+def _check_threshold(rows: list[dict], config: AnalysisConfig) -> None:
+    """Refuse a threshold above every weight; warn when it leaves some matrices without edges."""
+    t = config.graph.threshold
+    empty = [r for r in rows if r["status"] == "all_zero" and r["edge_mode"] == "threshold" and r["max_abs"] > 0]
+    if t is None or not empty:
+        return
+    if len(empty) == len(rows):
+        largest = max(r["max_abs"] for r in rows)
+        raise ConfigError(f"threshold {t:g} is above every weight (the largest |w| is {largest:.4g}): "
+                          "no matrix has an edge; use a smaller threshold or a density")
+    log.warning("threshold %g is above every weight of %d of %d matrices: they have no edges (status all_zero)",
+                t, len(empty), len(rows))
 
 
 def _progress(total: int, enabled: bool):

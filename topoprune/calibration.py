@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,17 +35,52 @@ class CalibrationError(ConfigError):
 
 
 # ----------------------------------------------------------------------------- text
+#: Share of control characters (other than tab, newline, carriage return, form feed) above which a file is not text.
+MAX_CONTROL_SHARE = 0.01
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")  # all but \t \n \f \r
+
+
+def read_text_file(path) -> str:
+    """The contents of the calibration text file ``path``, refused unless it is UTF-8 text.
+
+    Raises
+    ------
+    CalibrationError
+        When the file is missing or unreadable, holds a NUL byte, is not valid UTF-8, or has
+        more than :data:`MAX_CONTROL_SHARE` control characters; the message names the file and
+        the byte offset of the first offending byte.
+    """
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise CalibrationError(f"{path}: calibration text file not found (or use 'ptb')")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CalibrationError(f"{path}: calibration text cannot be read ({exc.strerror or exc})") from None
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise CalibrationError(f"{path}: not a text file (NUL byte at byte offset {nul})")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CalibrationError(f"{path}: not UTF-8 text (invalid byte at byte offset {exc.start})") from None
+    n_controls = len(_CONTROLS.findall(text))
+    if n_controls > MAX_CONTROL_SHARE * max(len(text), 1):
+        offset = len(text[:_CONTROLS.search(text).start()].encode("utf-8"))
+        raise CalibrationError(f"{path}: not text ({n_controls} control characters, "
+                               f"{n_controls / len(text):.1%}; the first at byte offset {offset})")
+    return text
+
+
 def text_ids(tokenizer, source: str, split: str = "train") -> torch.Tensor:
-    """All tokens of ``source``: ``ptb`` (Penn Treebank ``split``, sentences joined by spaces) or a text file."""
+    """All tokens of ``source``: ``ptb`` (Penn Treebank ``split``, sentences joined by spaces) or a text file
+    (UTF-8 text, see :func:`read_text_file`)."""
     if source == "ptb":
         from .data import _ptb_lines
 
         text, where = " ".join(_ptb_lines(split)), f"Penn Treebank {split}"
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise CalibrationError(f"{path}: calibration text file not found (or use 'ptb')")
-        text, where = path.read_text(encoding="utf-8", errors="replace"), str(path)
+        text, where = read_text_file(source), str(source)
     if not text.strip():
         raise CalibrationError(f"{where}: calibration text is empty")
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]

@@ -11,7 +11,9 @@ Hook order (the three mask sites of :class:`~topoprune.masking.MaskSet`):
                         ``topology_every`` steps, logged through ``Trainer.log``
 ``on_epoch_end``        dominating-set head pruning (the paper's default)
 ``on_evaluate``         topology snapshot logged with the evaluation
-``on_save``             ``masks.safetensors`` written into the checkpoint directory
+``on_save``             ``masks.safetensors`` and the topology history written into the
+                        checkpoint, then its completion mark (:mod:`topoprune.rundir`), then
+                        older checkpoints rotated away
 ======================  ===============================================================
 
 Users of their own ``Trainer`` subclass add the callback and the penalty themselves
@@ -27,11 +29,20 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
-from .errors import TopopruneError
+from .errors import CheckpointError, TopopruneError
 from .neuroprune import NeuroPrune
+from .rundir import mark_complete, rotate
 from .topology import TopologyHistory, topology_snapshot
 
 log = logging.getLogger(__name__)
+
+#: Topology snapshots of a run (and of each checkpoint, so a resumed run keeps its history).
+HISTORY_FILE = "topology_history.csv"
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 class TrainingDiverged(TopopruneError):
@@ -50,6 +61,10 @@ class NeuroPruneCallback(TrainerCallback):
         Where snapshots are collected (a new one by default).
     topology_fits : bool
         Fit power laws in snapshots (costs ~10 ms per matrix).
+    keep_checkpoints : int or None
+        Complete checkpoints kept (older ones are removed only once a newer one is complete);
+        ``None`` keeps all. :class:`NeuroPruneTrainer` takes this over from the Trainer's
+        ``save_total_limit``, whose rotation would run before the masks are written.
 
     Attributes
     ----------
@@ -59,8 +74,9 @@ class NeuroPruneCallback(TrainerCallback):
     """
 
     def __init__(self, neuroprune: NeuroPrune, *, topology_every: int = 50, history: TopologyHistory | None = None,
-                 topology_fits: bool = True):
+                 topology_fits: bool = True, keep_checkpoints: int | None = None):
         self.neuroprune = neuroprune
+        self.keep_checkpoints = keep_checkpoints
         self.topology_every = int(topology_every)
         self.history = history or TopologyHistory()
         self.topology_fits = topology_fits
@@ -108,8 +124,14 @@ class NeuroPruneCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        _barrier()  # every rank has written its part (RNG state) of the checkpoint
         if ckpt.is_dir() and state.is_world_process_zero:
             self.neuroprune.save(ckpt)
+            self.history.save(ckpt / HISTORY_FILE)
+            mark_complete(ckpt, state.global_step)  # last: only now may the checkpoint be resumed from
+            if self.keep_checkpoints:
+                rotate(args.output_dir, self.keep_checkpoints)
+        _barrier()
 
     # -- topology ------------------------------------------------------------------------
     def snapshot(self, state, log_it: bool = True) -> dict:
@@ -147,7 +169,9 @@ class NeuroPruneTrainer(Trainer):
                  **kwargs):
         super().__init__(*args, **kwargs)
         self.neuroprune = neuroprune
-        self.np_callback = NeuroPruneCallback(neuroprune, topology_every=topology_every, topology_fits=topology_fits)
+        keep, self.args.save_total_limit = self.args.save_total_limit, None  # rotated after the masks, not before
+        self.np_callback = NeuroPruneCallback(neuroprune, topology_every=topology_every, topology_fits=topology_fits,
+                                              keep_checkpoints=keep)
         self.np_callback.trainer = self
         self.add_callback(self.np_callback)
 
@@ -173,9 +197,13 @@ class NeuroPruneTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if (Path(resume_from_checkpoint) / "masks.safetensors").is_file():
-            self.neuroprune.load(resume_from_checkpoint)
-            log.info("resumed masks and head decisions from %s", resume_from_checkpoint)
+        ckpt = Path(resume_from_checkpoint)
+        if not (ckpt / "masks.safetensors").is_file():
+            raise CheckpointError(f"{ckpt}: has no masks.safetensors; resuming would start from fresh masks")
+        self.neuroprune.load(ckpt)
+        if (ckpt / HISTORY_FILE).is_file():
+            self.np_callback.history.load(ckpt / HISTORY_FILE)
+        log.info("resumed masks, head decisions and topology history from %s", ckpt)
 
     @torch.no_grad()
     def topology(self) -> dict:

@@ -1,19 +1,26 @@
 """``topoprune`` command line: analyze, compare, plot, train, oneshot. The only module that prints.
 
-Bad input (missing or corrupt files, NaN weights, bad settings) ends with one line on
-stderr naming the file or tensor, and exit code 2. ``--debug`` shows tracebacks.
+Bad input (missing or corrupt files, NaN weights, bad settings, an output directory that
+cannot be written, a pickle that would run code) ends with one line on stderr naming the file,
+tensor or option, and exit code 2. ``--debug`` shows tracebacks. SIGINT and SIGTERM end any
+command cleanly (worker processes ended, no half-written output): "interrupted" on stderr,
+exit code 130 (SIGINT) or 143 (SIGTERM).
 """
 from __future__ import annotations
 
 import json
 import logging
+import pickle
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
 
 from . import __version__
-from .errors import TopopruneError
+from .errors import ConfigError, TopopruneError
+from .options import analysis_request, check_input
 
 log = logging.getLogger("topoprune")
 
@@ -42,49 +49,59 @@ def _setup_logging(verbose: int) -> None:
         pass
 
 
+#: What a refused pickle is reported as (torch's own message is many lines and suggests unsafe loading).
+REFUSED_PICKLE = "refused: loading this pickle would execute code (only plain tensors and containers are allowed)"
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM, so that ``finally`` blocks clean up as for Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: the clean-up is not interrupted again
+    raise Terminated()
+
+
+def _user_error_line(exc: BaseException) -> str | None:
+    """The one line for an exception caused by the user's input or environment, else ``None``."""
+    from .io import os_error_line
+
+    if isinstance(exc, TopopruneError):
+        return " ".join(str(exc).split())
+    if isinstance(exc, pickle.UnpicklingError):
+        return REFUSED_PICKLE
+    if isinstance(exc, OSError):
+        return os_error_line(exc)
+    return None
+
+
 class _Group(click.Group):
-    """Turns library errors into one line and exit code 2."""
+    """Turns bad input into one line and exit code 2, interrupts into "interrupted" and 130/143."""
 
     def invoke(self, ctx):
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
         try:
             return super().invoke(ctx)
-        except TopopruneError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             click.echo("interrupted", err=True)
-            ctx.exit(130)
-        except Exception as exc:  # a bug, not bad input: still one line unless --debug
+            ctx.exit(143 if isinstance(exc, Terminated) else 130)
+        except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: internal error ({type(exc).__name__}: {exc}); rerun with --debug for details",
-                       err=True)
+            line = _user_error_line(exc)
+            if line is not None:
+                click.echo(f"error: {line}", err=True)
+                ctx.exit(2)
+            # a bug, not bad input: still one line unless --debug
+            click.echo(f"error: internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+                       "rerun with --debug for details", err=True)
             ctx.exit(1)
-
-
-def _parse_layers(text: str | None):
-    if not text:
-        return None
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            elif part:
-                out.append(int(part))
-        except ValueError:
-            raise click.BadParameter(f"{text!r}: use block indices like 0,2,5-7", param_hint="--layers") from None
-    return tuple(out)
-
-
-def _parse_roles(text: str | None):
-    return tuple(r.strip() for r in text.split(",") if r.strip()) if text else None
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -122,20 +139,11 @@ def _analysis_options(f):
     return f
 
 
-def _run_analysis(checkpoint, density, threshold, layers, roles, fits, modularity, block_modularity, model_graph,
-                  embeddings, nonfinite, jobs, seed, progress=True):
+def _run_analysis(checkpoint, progress=True, **opts):
     from .analysis import analyze_report
-    from .config import AnalysisConfig, GraphConfig, ModularityConfig
-    from .loading import default_checkpoint
 
-    source = checkpoint if checkpoint is not None else default_checkpoint()
-    graph = GraphConfig(density=0.1 if density is None else density, threshold=threshold)
-    config = AnalysisConfig(graph=graph, modularity=ModularityConfig(seed=seed), fits=fits,
-                            matrix_modularity=modularity, block_modularity=block_modularity,
-                            model_modularity=model_graph,
-                            include_embeddings=embeddings, nonfinite=nonfinite, n_jobs=jobs)
-    return analyze_report(source, config=config, layers=_parse_layers(layers), roles=_parse_roles(roles),
-                          progress=progress and sys.stderr.isatty())
+    source, kwargs = analysis_request(checkpoint, **opts)
+    return analyze_report(source, progress=progress and sys.stderr.isatty(), **kwargs)
 
 
 def _print_table(df, columns):
@@ -148,29 +156,38 @@ def _print_table(df, columns):
 
 @main.command()
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("topoprune-report"), show_default=True,
+@click.option("-o", "--out", type=click.Path(path_type=str), default="topoprune-report", show_default=True,
               help="Report directory.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT when it holds an earlier topoprune output.")
 @click.option("--plots/--no-plots", default=False, show_default=True, help="Write figures into OUT/figures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @_analysis_options
-def analyze(checkpoint, out, plots, as_json, **opts):
+def analyze(checkpoint, out, overwrite, plots, as_json, **opts):
     """Analyse CHECKPOINT (default: the embedded all-MiniLM-L6-v2).
 
     CHECKPOINT: a Hugging Face model directory, a .safetensors / .bin / .pt / .gguf file.
-    Writes report.csv, summary.csv, report.json, degrees and patterns into OUT.
+    Writes report.csv, summary.csv, report.json, degrees and patterns (and with --plots the
+    figures) into OUT, all at once: OUT appears complete or not at all. An existing OUT is
+    replaced only with --overwrite and only when topoprune wrote it.
     """
-    from .analysis import summarize
+    from .analysis import analyze_report, summarize
+    from .io import OutputDir
     from .report import save_report
 
-    report = _run_analysis(checkpoint, **opts)
+    source, kwargs = analysis_request(checkpoint, **opts)
+    check_input(source)
+    target = OutputDir(out, kind="report", overwrite=overwrite, reads=[source])  # refuses a bad OUT before any work
+    report = analyze_report(source, progress=sys.stderr.isatty(), **kwargs)
     summary = summarize(report)
-    save_report(report, out, summary=summary)
-    if plots:
-        from .plotting import save_figures
+    with target:
+        save_report(report, target.path, summary=summary)
+        if plots:
+            from .plotting import save_figures
 
-        save_figures(report, out / "figures")
+            save_figures(report, target.path / "figures")
+        final = target.commit()
     if as_json:
-        click.echo((out / "report.json").read_text())
+        click.echo((final / "report.json").read_text())
         return
     click.echo(f"{report.meta['source']}: {len(report.matrices)} matrices "
                f"({report.meta['model_type'] or 'unknown type'}); report in {out}/")
@@ -190,14 +207,20 @@ def _load_side(path: Path, opts):
 @main.command()
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Write the comparison as CSV.")
+@click.option("-o", "--out", type=click.Path(path_type=str), default=None, help="Write the comparison as CSV.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
 @_analysis_options
 def compare(a, b, out, as_json, **opts):
     """Compare two checkpoints or report directories metric by metric (B - A)."""
-    from .report import _records, atomic_path
+    from .io import atomic_path
+    from .report import _records
     from .report import compare as compare_tables
 
+    if out is not None:
+        if not out.strip():
+            raise ConfigError("--out: an output file name is required (got an empty path)")
+        if Path(out).is_dir():
+            raise ConfigError(f"{out}: is a directory; --out names the CSV file to write")
     table = compare_tables(_load_side(a, opts), _load_side(b, opts))
     if out is not None:
         with atomic_path(out) as tmp:
@@ -239,10 +262,12 @@ def compare(a, b, out, as_json, **opts):
 @click.option("--save-steps", type=int, default=100, show_default=True)
 @click.option("--report-to", multiple=True, help="Trainer integration (tensorboard, ...); repeatable.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("topoprune-run"), show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUT/checkpoints.")
+@click.option("--resume", is_flag=True,
+              help="Continue OUT from its newest complete checkpoint (same settings; only the step budget may change).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT (or discard an interrupted run's checkpoints).")
 def train(model, data, method, target, schedule, frequency, mlp_weight, attn_weight, eps, theta, head_pruning, head_every, epochs,
           max_steps, batch_size, lr, max_length, n_train, n_eval, seed, topology_every, save_steps, report_to, out,
-          resume):
+          resume, overwrite):
     """Sparse training with NeuroPrune (or a baseline) and topology tracking."""
     from .train import TrainConfig, leave_process_group
     from .train import train as run_train
@@ -255,7 +280,8 @@ def train(model, data, method, target, schedule, frequency, mlp_weight, attn_wei
                       topology_every=topology_every, save_steps=save_steps, report_to=tuple(report_to),
                       neuroprune=neuroprune)
     try:
-        record = run_train(cfg, resume=resume, progress=sys.stderr.isatty())
+        record = run_train(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(),
+                           announce=lambda msg: click.echo(msg, err=True))
     except BaseException:
         leave_process_group(wait=False)  # a failing rank must not block in a barrier the others never reach
         raise
@@ -301,8 +327,8 @@ def train(model, data, method, target, schedule, frequency, mlp_weight, attn_wei
               help="Leiden modularity of every matrix in the reports.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Windows per forward pass.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("topoprune-oneshot"), show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("-o", "--out", type=click.Path(path_type=str), default="topoprune-oneshot", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT when it holds an earlier topoprune output.")
 def oneshot(model, method, sparsity, allocation, owl_m, owl_lambda, neuroal_steps, group, calibration, n_calibration,
             n_search, seq_len, eval_tokens, evaluate, window, stride, analyze_topology, fits, modularity, batch_size,
             seed, out, overwrite):

@@ -13,6 +13,8 @@ from .errors import ConfigError
 
 #: What a matrix's edges are, see :func:`topoprune.graphs.edge_mask`.
 EDGE_MODES = ("auto", "density", "threshold", "nonzero")
+#: Largest worker count accepted (the analysis also caps it at the CPUs and the matrices).
+MAX_JOBS = 256
 #: Alternatives the power law is compared with by log-likelihood ratio.
 ALTERNATIVES = ("lognormal", "exponential", "truncated_power_law")
 
@@ -154,7 +156,8 @@ class AnalysisConfig:
         Side of the edge-density maps kept for sparsity-pattern images (0: none).
     n_jobs : int
         Worker processes for fits and modularity: 1 runs everything in this process,
-        -1 one worker per CPU (at most 8). Results do not depend on it.
+        -1 one worker per CPU (at most 8), else 1 to :data:`MAX_JOBS`; never more workers than
+        CPUs or matrices are started. Results do not depend on it.
     nonfinite : {"error", "flag"}
         A matrix with NaN/Inf: stop with an error naming the tensor, or flag it in the
         ``status`` column and go on.
@@ -178,8 +181,9 @@ class AnalysisConfig:
     def __post_init__(self):
         if self.nonfinite not in ("error", "flag"):
             raise ConfigError(f"nonfinite must be 'error' or 'flag', got {self.nonfinite!r}")
-        if not isinstance(self.n_jobs, int) or not (self.n_jobs >= 1 or self.n_jobs == -1):
-            raise ConfigError(f"n_jobs must be -1 or an integer >= 1, got {self.n_jobs!r}")
+        if (not isinstance(self.n_jobs, int) or isinstance(self.n_jobs, bool)
+                or not (1 <= self.n_jobs <= MAX_JOBS or self.n_jobs == -1)):
+            raise ConfigError(f"n_jobs (--jobs) must be -1 (one per CPU) or 1 to {MAX_JOBS}, got {self.n_jobs!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -34,11 +34,12 @@ def _as_tensor(weight) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class EdgeSelection:
-    """Result of :func:`select_edges`: the mask, the rule applied and the weights' zero share."""
+    """Result of :func:`select_edges`: the mask, the rule applied, the weights' zero share and largest ``|w|``."""
 
     mask: torch.Tensor
     mode: str
     zero_fraction: float
+    max_abs: float = float("nan")
 
 
 def select_edges(weight, config: GraphConfig | None = None, *, name: str = "weight") -> EdgeSelection:
@@ -80,6 +81,7 @@ def select_edges(weight, config: GraphConfig | None = None, *, name: str = "weig
     n = a.numel()
     nnz = int(torch.count_nonzero(nonzero))
     zero_fraction = (n - nnz) / n if n else 0.0
+    max_abs = float(a.max()) if nnz else 0.0
     mode = config.mode
     if mode == "auto":
         if n and zero_fraction >= config.sparse_fraction:
@@ -87,14 +89,14 @@ def select_edges(weight, config: GraphConfig | None = None, *, name: str = "weig
         else:
             mode = "threshold" if config.threshold is not None else "density"
     if mode == "nonzero" or nnz == 0:
-        return EdgeSelection(nonzero, mode, zero_fraction)
+        return EdgeSelection(nonzero, mode, zero_fraction, max_abs)
     if mode == "threshold":
-        return EdgeSelection((a >= config.threshold) & nonzero, mode, zero_fraction)
+        return EdgeSelection((a >= config.threshold) & nonzero, mode, zero_fraction, max_abs)
     k = min(max(1, int(round(config.density * n))), nnz)
     if k == nnz:
-        return EdgeSelection(nonzero, mode, zero_fraction)
+        return EdgeSelection(nonzero, mode, zero_fraction, max_abs)
     mask = top_k_mask(a.reshape(-1), k)
-    return EdgeSelection(mask.reshape(a.shape), mode, zero_fraction)
+    return EdgeSelection(mask.reshape(a.shape), mode, zero_fraction, max_abs)
 
 
 def top_k_mask(flat: torch.Tensor, k: int) -> torch.BoolTensor:
@@ -370,6 +372,10 @@ def attention_graph(q: BipartiteGraph, k: BipartiteGraph, v: BipartiteGraph, o: 
     ``K[r', j]``, ``V[r', j]`` is an edge, with weight the sum of their ``|w|``; head neuron
     ``r`` joins output dimension ``i`` when ``O[i, r]`` is an edge.
     """
+    if n_kv_heads and head_dim and n_kv_heads != n_heads and (
+            n_heads % n_kv_heads or (n_heads * head_dim, n_kv_heads * head_dim) != (q.n_out, k.n_out)):
+        raise TensorError(f"{q.name}: {n_heads} heads and {n_kv_heads} key-value heads of size {head_dim} "
+                          f"(config.json) do not fit q {q.biadjacency.shape} and k {k.biadjacency.shape}")
     kk = expand_kv(k.biadjacency, n_heads, n_kv_heads, head_dim)
     vv = expand_kv(v.biadjacency, n_heads, n_kv_heads, head_dim)
     if not (q.biadjacency.shape == kk.shape == vv.shape):

@@ -6,7 +6,9 @@ tensor at a time (safetensors are memory-mapped for the time of one tensor's cop
 bounded by the largest tensor, not by the model.
 
 Pickle-based files are read with ``torch.load(weights_only=True)``: a pickle that would run
-code is refused. GGUF files are dequantised through transformers (needs ``gguf`` and
+code is refused. A shard index may only name files inside its directory, and a tensor whose
+declared size does not fit in the memory available is refused before it is read
+(:mod:`topoprune.guards`). GGUF files are dequantised through transformers (needs ``gguf`` and
 ``accelerate``); that path holds the whole fp32 model in memory.
 """
 from __future__ import annotations
@@ -25,16 +27,15 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError
+from .guards import (check_config, check_memory, element_size, entry_path, mapping_error, numel,
+                     reraise_interrupt)
+from .io import short
 
 log = logging.getLogger(__name__)
 
 #: File names tried, in order, inside a model directory.
-_DIR_CANDIDATES = (
-    "model.safetensors.index.json",
-    "model.safetensors",
-    "pytorch_model.bin.index.json",
-    "pytorch_model.bin",
-)
+_DIR_CANDIDATES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                   "pytorch_model.bin")
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,11 @@ class SafetensorsCheckpoint(Checkpoint):
                         self._infos.append(TensorInfo(key, tuple(sl.get_shape()), str(sl.get_dtype()), str(f)))
             except CheckpointError:
                 raise
-            except Exception as exc:  # SafetensorError, OSError, ...
-                raise CheckpointError(f"{f}: not a valid safetensors file ({_short(exc)})") from None
-        self._shard_of = {t.name: t.shard for t in self._infos}
+            except BaseException as exc:  # SafetensorError, OSError, a reader's panic (a BaseException)
+                reraise_interrupt(exc)
+                raise mapping_error(f, exc) or CheckpointError(f"{f}: not a valid safetensors file ({short(exc)})") \
+                    from None
+        self._by_name = {t.name: t for t in self._infos}
 
     def tensors(self) -> list[TensorInfo]:
         return list(self._infos)
@@ -110,12 +113,15 @@ class SafetensorsCheckpoint(Checkpoint):
     def load(self, name: str) -> torch.Tensor:
         # Open the shard for each tensor: the memory map is released right after the copy,
         # so file pages read earlier do not pile up in this process's resident set.
-        shard = self._shard_of[name]
+        info = self._by_name[name]
+        check_memory(name, numel(info.shape) * element_size(info.dtype), "load")
         try:
-            with self._safe_open(shard, framework="pt") as handle:
+            with self._safe_open(info.shard, framework="pt") as handle:
                 return handle.get_tensor(name)
-        except Exception as exc:
-            raise CheckpointError(f"{shard}: tensor {name!r} cannot be read ({_short(exc)})") from None
+        except BaseException as exc:
+            reraise_interrupt(exc)
+            raise mapping_error(info.shard, exc) or CheckpointError(
+                f"{info.shard}: tensor {name!r} cannot be read ({short(exc)})") from None
 
 
 class StateDictCheckpoint(Checkpoint):
@@ -132,17 +138,13 @@ class StateDictCheckpoint(Checkpoint):
         return self._state[name].detach()
 
 
-def _short(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
-
-
 def _sniff(path: Path) -> str:
     """Return the format of ``path`` from its first bytes."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
     except OSError as exc:
-        raise CheckpointError(f"{path}: cannot be read ({_short(exc)})") from None
+        raise CheckpointError(f"{path}: cannot be read ({short(exc)})") from None
     if not head:
         raise CheckpointError(f"{path}: file is empty")
     if head[:4] == b"GGUF":
@@ -174,8 +176,8 @@ def _read_config(directory: Path) -> dict:
     try:
         data = json.loads(cfg.read_text())
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{cfg}: not valid JSON ({_short(exc)})") from None
-    return data if isinstance(data, dict) else {}
+        raise CheckpointError(f"{cfg}: not valid JSON ({short(exc)})") from None
+    return check_config(data, cfg) if isinstance(data, dict) else {}
 
 
 def _flatten_tensors(obj, prefix: str = "") -> dict:
@@ -195,7 +197,7 @@ def _load_torch(path: Path, config: dict, fmt: str) -> Checkpoint:
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=fmt == "torch")
     except pickle.UnpicklingError as exc:
-        msg = _short(exc)
+        msg = short(exc)
         if any(k in msg for k in ("Weights only load failed", "weights_only", "Unsupported global", "GLOBAL")):
             raise CheckpointError(
                 f"{path}: refused: loading this pickle would execute code "
@@ -203,7 +205,7 @@ def _load_torch(path: Path, config: dict, fmt: str) -> Checkpoint:
             ) from None
         raise CheckpointError(f"{path}: not a valid PyTorch file ({msg})") from None
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a valid PyTorch file ({_short(exc)})") from None
+        raise CheckpointError(f"{path}: not a valid PyTorch file ({short(exc)})") from None
     if isinstance(obj, torch.nn.Module):  # pragma: no cover - weights_only forbids it
         obj = obj.state_dict()
     if not isinstance(obj, dict):
@@ -233,7 +235,7 @@ def _load_gguf(path: Path) -> Checkpoint:
         with contextlib.redirect_stderr(io.StringIO()):
             model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as exc:
-        raise CheckpointError(f"{path}: GGUF file cannot be loaded ({_short(exc)})") from None
+        raise CheckpointError(f"{path}: GGUF file cannot be loaded ({short(exc)})") from None
     ckpt = from_module(model)
     ckpt.source = str(path)
     return ckpt
@@ -276,12 +278,17 @@ def _open_file(path: Path, config: dict) -> Checkpoint:
 def _open_index(index_path: Path, config: dict) -> Checkpoint:
     try:
         index = json.loads(index_path.read_text())
-        shards = sorted(set(index["weight_map"].values()))
+        entries = set(index["weight_map"].values())
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{index_path}: not a valid shard index ({_short(exc)})") from None
-    files = [index_path.parent / s for s in shards]
+        raise CheckpointError(f"{index_path}: not a valid shard index ({short(exc)})") from None
+    # every shard must lie inside the checkpoint directory (checked on the entry as written)
+    files = sorted({entry_path(index_path.parent, e, index_path) for e in sorted(entries, key=repr)})
     for f in files:
-        if not f.is_file():
+        try:
+            found = f.is_file()
+        except OSError as exc:  # e.g. a name longer than the file system allows
+            raise CheckpointError(f"{index_path}: shard {f.name!r} cannot be read ({exc.strerror})") from None
+        if not found:
             raise CheckpointError(f"{f}: shard listed in {index_path.name} is missing")
     if all(_sniff(f) == "safetensors" for f in files):
         return SafetensorsCheckpoint(files, config, str(index_path.parent))
@@ -313,9 +320,13 @@ def open_checkpoint(source) -> Checkpoint:
     if isinstance(source, dict):
         return StateDictCheckpoint(_flatten_tensors(source), {}, "<state_dict>")
     path = Path(source).expanduser()
-    if not path.exists():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except OSError as exc:  # e.g. a file name longer than the file system allows
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or short(exc)})") from None
+    if not exists:
         raise CheckpointError(f"{path}: no such file or directory")
-    if path.is_file():
+    if is_file:
         return _open_file(path, _read_config(path.parent))
     config = _read_config(path)
     for name in _DIR_CANDIDATES:

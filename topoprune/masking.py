@@ -38,6 +38,7 @@ import torch
 
 from .errors import CheckpointError, ConfigError, TensorError
 from .graphs import top_k_mask
+from .io import short
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +367,7 @@ class MaskSet:
         """
         from safetensors.torch import save_file
 
-        from .report import atomic_path
+        from .io import atomic_path
 
         path = Path(path)
         tensors = {n: m.detach().to("cpu", torch.bool).contiguous() for n, m in self.masks.items()}
@@ -395,7 +396,7 @@ class MaskSet:
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
             metadata = json.loads(meta.get(META_KEY, "{}"))
         except Exception as exc:
-            raise CheckpointError(f"{path}: not a valid mask file ({' '.join(str(exc).split())[:150]})") from None
+            raise CheckpointError(f"{path}: not a valid mask file ({short(exc, 150)})") from None
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{path}: not a topoprune mask file (format {meta.get('format')!r})")
         out = cls()

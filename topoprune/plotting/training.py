@@ -43,13 +43,22 @@ def save_training_figures(run_dir, out_dir=None, formats=("png", "svg")) -> list
     from matplotlib.figure import Figure
 
     from ..errors import CheckpointError
-    from ..report import atomic_path
+    from ..io import atomic_path
 
     run_dir = Path(run_dir)
     csv = run_dir / "topology_history.csv"
     if not csv.is_file():
         raise CheckpointError(f"{run_dir}: no topology_history.csv (not a training run)")
-    history = pd.read_csv(csv)
+    try:
+        history = pd.read_csv(csv)
+    except pd.errors.EmptyDataError:
+        history = pd.DataFrame()
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{csv}: not a readable topology history ({' '.join(str(exc).split())[:150]})") from None
+    if history.empty:
+        raise CheckpointError(f"{csv}: no topology snapshots to plot")
+    if "step" not in history.columns:
+        raise CheckpointError(f"{csv}: not a topology history (no 'step' column)")
     out = Path(out_dir) if out_dir else run_dir / "figures"
     fig = Figure(figsize=(12, 6), layout="constrained")
     plot_topology_history(history, fig.subplots(2, 3))
