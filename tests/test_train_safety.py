@@ -189,3 +189,49 @@ def test_bad_model_and_integration_exit_2_one_line(tmp_path, case, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
     assert "weights_only" not in r.stderr and "pwned" not in r.stdout
     assert not (tmp_path / "run").exists() and not (tmp_path / ".run.partial").exists()
+
+
+def test_refused_pickle_in_a_checkpoint_being_resumed(tmp_path):
+    """A checkpoint whose optimizer state is a pickle that would run code: one line, nothing run."""
+    from topoprune.rundir import mark_complete
+
+    out = tmp_path / "run"
+    # no topology snapshot before the checkpoint: its history file is empty, and is restored as such
+    short = ["train", "--model", "tiny-bert", "--max-steps", "2", "--save-steps", "2", *TINY, "--topology-every", "50"]
+    assert run(*short, "--out", out).exit_code == 0
+    ckpt = out / "checkpoints" / "checkpoint-2"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"state": Evil()}, ckpt / "optimizer.pt")
+    mark_complete(ckpt, 2)  # complete as far as files go: the content is what is refused
+    r = subprocess.run([sys.executable, "-m", "topoprune.cli", *short[:3], "--max-steps", "4", *short[5:],
+                        "--out", str(out), "--resume"], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    err = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith(("resuming", "training stopped"))]
+    assert len(err) == 1 and err[0].startswith("error: ") and "refused" in err[0] and "weights_only" not in r.stderr
+    assert not (tmp_path / "pwned").exists()
+    assert json.loads((out / "topoprune.json").read_text())["steps"] == 2  # the finished run is untouched
+
+
+def test_bad_out_refused_before_training(tmp_path, monkeypatch):
+    """An empty --out, one inside the model directory, a file, a name too long: exit 2, nothing trained."""
+    import topoprune.data
+
+    def no_work(*a, **k):
+        raise AssertionError("data loaded before --out was checked")
+
+    monkeypatch.setattr(topoprune.data, "load_task", no_work)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    for out, message in (("", "required"), (str(model / "run"), "inside the input"), ("afile", "not a directory"),
+                         ("x" * 300, "too long")):
+        model_arg = str(model) if "inside" in message else "tiny-bert"
+        r = run("train", "--model", model_arg, "--max-steps", "1", *TINY, "--out", out)
+        assert r.exit_code == 2 and message in r.output, (out[:20], r.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "model"]

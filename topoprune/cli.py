@@ -261,7 +261,7 @@ def compare(a, b, out, as_json, **opts):
 @click.option("--topology-every", type=int, default=50, show_default=True, help="Steps between topology snapshots.")
 @click.option("--save-steps", type=int, default=100, show_default=True)
 @click.option("--report-to", multiple=True, help="Trainer integration (tensorboard, ...); repeatable.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("topoprune-run"), show_default=True)
+@click.option("-o", "--out", type=click.Path(path_type=str), default="topoprune-run", show_default=True)
 @click.option("--resume", is_flag=True,
               help="Continue OUT from its newest complete checkpoint (same settings; only the step budget may change).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT (or discard an interrupted run's checkpoints).")

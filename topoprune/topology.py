@@ -98,7 +98,10 @@ class TopologyHistory:
 
     def load(self, path) -> None:
         """Replace the rows by those of a CSV written by :meth:`save` (missing values become ``None``)."""
-        frame = pd.read_csv(path)
+        try:
+            frame = pd.read_csv(path)
+        except pd.errors.EmptyDataError:  # saved before the first snapshot
+            frame = pd.DataFrame()
         self.rows = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
                      for row in frame.to_dict(orient="records")]
         for row in self.rows:

@@ -392,6 +392,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     try:
         result = trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
     except pickle.UnpicklingError as exc:
+        run.release()
         raise _refused(run.resume_from or config.model, exc) from None
     except BaseException:
         run.release()
