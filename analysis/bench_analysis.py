@@ -11,7 +11,7 @@ What is measured, on whatever machine runs it:
    + power-law fits) and the full report (``matrix_modularity=True``, the default), each with
    ``n_jobs=-1`` and ``n_jobs=1``: median of 3 timed runs after one warm-up run.
 3. A straightforward networkx + powerlaw pipeline on the same matrices and the same edges
-   (``topoprune.graphs.edge_mask``): ``networkx.Graph`` weighted by ``|w|``, ``G.degree()``,
+   (``topoprune.graph.bipartite.edge_mask``): ``networkx.Graph`` weighted by ``|w|``, ``G.degree()``,
    ``louvain_communities(seed=0)`` + ``modularity``, ``powerlaw.Fit(discrete=True)`` with its full
    xmin search and ``distribution_compare`` against lognormal, exponential and
    truncated_power_law, for the in- and out-degree sequences. Timed once. Checks: degree
@@ -24,7 +24,7 @@ What is measured, on whatever machine runs it:
    (``ru_maxrss`` of ``RUSAGE_SELF`` and ``RUSAGE_CHILDREN`` inside that process, plus the
    split into anonymous and file-backed pages sampled from ``/proc/self/status``). A second
    measurement rewrites one shard's header so that its length starts with byte 0x80 (see
-   ``topoprune.loading._sniff``) to show what happens when a shard is mis-sniffed as a pickle.
+   ``topoprune.graph.loading._sniff``) to show what happens when a shard is mis-sniffed as a pickle.
 
 Results go to ``analysis/results/bench_analysis.json``; a markdown table is printed.
 """
@@ -293,7 +293,7 @@ def set_header_length(path: Path, pickle_like: bool) -> bool:
 
 
 def sniff_shards(directory: Path) -> dict:
-    from topoprune.loading import _sniff, open_checkpoint
+    from topoprune.graph.loading import _sniff, open_checkpoint
 
     formats = {p.name: _sniff(p) for p in sorted(directory.glob("*.safetensors"))}
     ckpt = open_checkpoint(directory)

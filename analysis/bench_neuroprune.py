@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import topoprune  # noqa: E402
-from topoprune.config import AnalysisConfig, GraphConfig  # noqa: E402
+from topoprune.graph.config import AnalysisConfig, GraphConfig  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
-from topoprune.train import TrainConfig, train  # noqa: E402
+from topoprune.train.run import TrainConfig, train  # noqa: E402
 
 
 def mlp_connectivity(model_dir: Path, eps: float) -> dict:

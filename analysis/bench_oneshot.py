@@ -1,7 +1,7 @@
 """One-shot pruning of SmolLM2-135M: magnitude / Wanda with uniform, OWL and NeuroAL allocation (issue 4 benchmark).
 
 Every run starts from the same dense model (SmolLM2-135M-Instruct, the fp32 copy that
-:func:`topoprune.loading.smollm2_dir` caches) and uses the same calibration windows (Penn
+:func:`topoprune.assets.smollm2_dir` caches) and uses the same calibration windows (Penn
 Treebank train, drawn once with seed 0); perplexity is measured on the start of the Penn
 Treebank test set (``--eval-tokens``, non-overlapping ``--window``-token windows). Grid:
 sparsity 50 / 60 / 70 % x {magnitude, Wanda} x {uniform, OWL, NeuroAL}, plus the dense model.
@@ -42,9 +42,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import topoprune  # noqa: E402
-from topoprune.calibration import perplexity, sample_windows, text_ids  # noqa: E402
-from topoprune.oneshot import OneShotConfig, prune  # noqa: E402
-from topoprune.oneshot_run import load_causal_lm  # noqa: E402
+from topoprune.oneshot.calibration import perplexity, sample_windows, text_ids  # noqa: E402
+from topoprune.oneshot.prune import OneShotConfig, prune  # noqa: E402
+from topoprune.models import load_causal_lm  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 
 TOPUP_LIMIT_S = 600.0

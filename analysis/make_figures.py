@@ -24,9 +24,9 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 
 import topoprune  # noqa: E402
-from topoprune.loading import default_checkpoint  # noqa: E402
+from topoprune.assets import default_checkpoint  # noqa: E402
 from topoprune.plotting import save_figures  # noqa: E402
-from topoprune.report import save_report  # noqa: E402
+from topoprune.graph.report import save_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ def networkx_pipeline(path: Path, names: list[str]) -> tuple[float, dict]:
     import powerlaw
     from safetensors import safe_open
 
-    from topoprune.config import GraphConfig
-    from topoprune.graphs import edge_mask
+    from topoprune.graph.config import GraphConfig
+    from topoprune.graph.bipartite import edge_mask
 
     alternatives = ("lognormal", "exponential", "truncated_power_law")
     graph_config = GraphConfig(density=0.1)

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from bench_oneshot import ROOT, load_done, machine, write_results  # noqa: E402 (same folder)
 
-from topoprune.calibration import perplexity, sample_windows, text_ids  # noqa: E402
-from topoprune.oneshot import OneShotConfig, prune  # noqa: E402
-from topoprune.oneshot_run import load_causal_lm  # noqa: E402
+from topoprune.oneshot.calibration import perplexity, sample_windows, text_ids  # noqa: E402
+from topoprune.oneshot.prune import OneShotConfig, prune  # noqa: E402
+from topoprune.models import load_causal_lm  # noqa: E402
 
 
 def key(args, lam: float, m: float) -> dict:

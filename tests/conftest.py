@@ -19,7 +19,7 @@ def _quiet_transformers():
 
 @pytest.fixture(scope="session")
 def minilm_path():
-    from topoprune.loading import default_checkpoint
+    from topoprune.assets import default_checkpoint
 
     return default_checkpoint()
 

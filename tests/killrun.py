@@ -20,7 +20,7 @@ def main():
     step = int(step)
     import transformers
 
-    import topoprune.callbacks as cb
+    import topoprune.train.callbacks as cb
 
     if where == "step":
         original = cb.NeuroPruneCallback.on_step_end

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from topoprune import allocation as al
+from topoprune.oneshot import allocation as al
 from topoprune.errors import ConfigError, TensorError
-from topoprune.graphs import row_top_k_mask
+from topoprune.graph.bipartite import row_top_k_mask
 
 
 # ----------------------------------------------------------------------------- scores and statistics

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import topoprune
-from topoprune.analysis import COLUMNS
+from topoprune.graph.analysis import COLUMNS
 from topoprune.errors import CheckpointError, ConfigError, TensorError
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
-from topoprune.callbacks import NeuroPruneTrainer, TrainingDiverged
-from topoprune.neuroprune import NeuroPrune, NeuroPruneConfig
+from topoprune.train.callbacks import NeuroPruneTrainer, TrainingDiverged
+from topoprune.train.neuroprune import NeuroPrune, NeuroPruneConfig
 
 
 class _Random(torch.utils.data.Dataset):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from topoprune.data import (DataError, TaskData, TokenizedDataset, corrupt_spans, from_files, from_hub, load_task,
+from topoprune.train.data import (DataError, TaskData, TokenizedDataset, corrupt_spans, from_files, from_hub, load_task,
                             penn_treebank, random_spans_mask, sentiment_tweets, span_corruption)
 from topoprune.errors import ConfigError, TopopruneError
 
@@ -17,7 +17,7 @@ from topoprune.errors import ConfigError, TopopruneError
 def tok():
     from transformers import AutoTokenizer
 
-    from topoprune.loading import default_checkpoint
+    from topoprune.assets import default_checkpoint
 
     return AutoTokenizer.from_pretrained(default_checkpoint())
 

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from topoprune.config import FitConfig
+from topoprune.graph.config import FitConfig
 from topoprune.errors import ConfigError
-from topoprune.fits import fit_degrees, scan_xmin
+from topoprune.graph.fits import fit_degrees, scan_xmin
 
 
 def _discrete_power_law(alpha, n, xmin=1, seed=0):

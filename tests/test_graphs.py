@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from topoprune.config import GraphConfig
+from topoprune.graph.config import GraphConfig
 from topoprune.errors import ConfigError, TensorError
-from topoprune.graphs import (attention_graph, bipartite_graph, edge_mask, expand_kv, from_mask, mlp_graph,
+from topoprune.graph.bipartite import (attention_graph, bipartite_graph, edge_mask, expand_kv, from_mask, mlp_graph,
                               select_edges, stack)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from topoprune.errors import ConfigError, TensorError
-from topoprune.heads import (HeadPruningDecision, apply_head_mask, find_dominating, fold_heads, head_params,
+from topoprune.train.heads import (HeadPruningDecision, apply_head_mask, find_dominating, fold_heads, head_params,
                              prune_layer_heads, similarity_graph)
 
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from topoprune.assets import default_checkpoint
 from topoprune.errors import CheckpointError
-from topoprune.loading import default_checkpoint, iter_tensors, open_checkpoint
+from topoprune.graph.loading import iter_tensors, open_checkpoint
 
 
 @pytest.fixture
@@ -194,7 +195,7 @@ def test_safetensors_whose_header_length_starts_like_a_pickle(tmp_path):
     """A header of 128 + 256k bytes starts with byte 0x80, the pickle protocol mark."""
     import struct
 
-    from topoprune.loading import _sniff
+    from topoprune.graph.loading import _sniff
 
     save_file({"w": torch.ones(2, 2)}, tmp_path / "a.safetensors")
     data = (tmp_path / "a.safetensors").read_bytes()
@@ -213,7 +214,7 @@ def test_smollm2_dir_builds_once_and_reuses_the_cache(tmp_path, monkeypatch):
     """The GGUF is dequantised once into a safetensors directory keyed by the file; later calls reuse it."""
     import transformers as tf
 
-    from topoprune import loading
+    from topoprune import assets as loading
 
     gguf = tmp_path / "pkg" / "Tiny.Q4_1.gguf"
     gguf.parent.mkdir()

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from topoprune.errors import CheckpointError, ConfigError, TensorError
-from topoprune.masking import MaskSet, broadcast_object, canonical, select_keep, write_canonical
+from topoprune.graph.masks import MaskSet, broadcast_object, canonical, select_keep, write_canonical
 
 
 def small_model():
@@ -190,7 +190,7 @@ def test_broadcast_is_a_no_op_without_distributed():
 
 WORKER = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
-    from topoprune.masking import MaskSet, broadcast_object
+    from topoprune.graph.masks import MaskSet, broadcast_object
     rank, init = int(sys.argv[1]), sys.argv[2]
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     g = torch.Generator().manual_seed(rank)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from topoprune.config import ModularityConfig
-from topoprune.graphs import bipartite_graph
-from topoprune.metrics import degree_stats, gini, modularity
+from topoprune.graph.config import ModularityConfig
+from topoprune.graph.bipartite import bipartite_graph
+from topoprune.graph.metrics import degree_stats, gini, modularity
 
 
 def test_gini_known_answers():

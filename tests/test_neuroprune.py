@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from topoprune.errors import ConfigError
-from topoprune.masking import MaskSet
-from topoprune.neuroprune import MASK_FILE, NeuroPrune, NeuroPruneConfig
-from topoprune.penalties import (attachment_scores, attention_group_penalty, l1_penalty,
+from topoprune.graph.masks import MaskSet
+from topoprune.train.neuroprune import MASK_FILE, NeuroPrune, NeuroPruneConfig
+from topoprune.train.penalties import (attachment_scores, attention_group_penalty, l1_penalty,
                                  preferential_attachment_penalty)
 
 VOCAB = 50

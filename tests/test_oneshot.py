@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from topoprune import allocation as al
-from topoprune.calibration import (CalibrationError, InputStats, capture_inputs, find_blocks, perplexity,
+from topoprune.oneshot import allocation as al
+from topoprune.oneshot.calibration import (CalibrationError, InputStats, capture_inputs, find_blocks, perplexity,
                                    run_block, sample_windows, text_ids)
 from topoprune.errors import ConfigError, TensorError
-from topoprune.masking import MaskSet
-from topoprune.oneshot import BLOCK_OUTPUT, OneShotConfig, layer_mask, prune, row_drops
-from topoprune.oneshot_run import apply_masks
+from topoprune.graph.masks import MaskSet
+from topoprune.oneshot.prune import BLOCK_OUTPUT, OneShotConfig, layer_mask, prune, row_drops
+from topoprune.oneshot.run import apply_masks
 
 FINAL_NORM = {"tiny-llama": "model.norm", "tiny-opt": "model.decoder.final_layer_norm",
               "tiny-gpt2": "transformer.ln_f"}
@@ -25,13 +25,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @functools.lru_cache(maxsize=None)
 def _tok():
-    from topoprune.train import _tokenizer
+    from topoprune.models import load_tokenizer as _tokenizer
 
     return _tokenizer()
 
 
 def _model(name="tiny-llama", seed=0):
-    from topoprune.train import build_model
+    from topoprune.models import build_model
 
     return build_model(name, "causal_lm", _tok(), seed=seed).eval()
 
@@ -388,7 +388,7 @@ def test_find_blocks_without_blocks(module):
 
 def test_find_blocks_rejects_encoder_decoder():
     """A tiny T5 has two stacks (encoder and decoder): ConfigError."""
-    from topoprune.train import build_model
+    from topoprune.models import build_model
 
     t5 = build_model("tiny-t5", "seq2seq", _tok())
     with pytest.raises(ConfigError, match="one stack"):
@@ -514,7 +514,7 @@ def test_perplexity_scores_in_eval_mode_and_restores_it():
 @pytest.mark.parametrize("name", ["tiny-opt", "tiny-gpt2"])
 def test_load_causal_lm_in_eval_mode(name):
     """Tiny models (dropout 0.1) come back in eval mode, so dense and pruned perplexity are comparable."""
-    from topoprune.oneshot_run import load_causal_lm
+    from topoprune.models import load_causal_lm
 
     model, tok, source = load_causal_lm(name)
     assert not model.training and source == name and len(tok) == model.config.vocab_size
@@ -522,7 +522,7 @@ def test_load_causal_lm_in_eval_mode(name):
 
 def test_load_causal_lm_missing_dir(tmp_path):
     """A directory that does not exist, or one without config.json, is a ConfigError."""
-    from topoprune.oneshot_run import load_causal_lm
+    from topoprune.models import load_causal_lm
 
     with pytest.raises(ConfigError, match="not a Hugging Face model directory"):
         load_causal_lm(str(tmp_path / "nope"))

@@ -68,7 +68,7 @@ def test_oneshot_neuroal_run_directory(tmp_path, calib):
     assert rec["config"]["sparsity"] == 0.6 and rec["config"]["allocation"] == "neuroal"
     assert rec["calibration"]["windows"] == [4, 32] and rec["calibration"]["source"] == str(calib)
     assert rec["evaluation"]["tokens"] == 512 and rec["evaluation"]["window"] == 64
-    from topoprune.allocation import ROW_GRID, block_grid
+    from topoprune.oneshot.allocation import ROW_GRID, block_grid
 
     assert rec["lambda_block"] in block_grid(0.6) and rec["lambda_row"] in ROW_GRID
     assert len(rec["search"]["block"]) == 14 and len(rec["search"]["row"]) == 15
@@ -84,7 +84,7 @@ def test_oneshot_neuroal_run_directory(tmp_path, calib):
 
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     params = dict(model.named_parameters())
-    from topoprune.masking import MaskSet
+    from topoprune.graph.masks import MaskSet
 
     masks = MaskSet.load(out / "masks.safetensors")
     assert sorted(masks.names()) == sorted(r["name"] for r in layers)
@@ -109,8 +109,8 @@ def test_oneshot_dense_perplexity_without_dropout(tmp_path, calib):
             "--eval-tokens", 256, "--window", 64, "--no-analyze", "-o", tmp_path / "OUT")
     assert r.exit_code == 0, r.output
     rec = json.loads((tmp_path / "OUT" / "topoprune.json").read_text())
-    from topoprune.calibration import perplexity, text_ids
-    from topoprune.train import _tokenizer, build_model
+    from topoprune.oneshot.calibration import perplexity, text_ids
+    from topoprune.models import build_model, load_tokenizer as _tokenizer
 
     tok = _tokenizer()
     model = build_model("tiny-opt", "causal_lm", tok, seed=0).eval()
@@ -158,7 +158,7 @@ def test_missing_model_directory(tmp_path, calib):
 
 def test_model_without_blocks(tmp_path, calib):
     """A Hugging Face directory of an encoder-decoder: exit 2 before anything is written."""
-    from topoprune.train import _tokenizer, build_model
+    from topoprune.models import build_model, load_tokenizer as _tokenizer
 
     tok = _tokenizer()
     path = tmp_path / "t5"
@@ -210,7 +210,7 @@ def test_existing_output_needs_overwrite(tmp_path, calib):
                                           (("--window", 1), "window"), (("--eval-tokens", -1), "eval_tokens")])
 def test_bad_evaluation_settings_fail_before_any_work(tmp_path, calib, monkeypatch, args, message):
     """Bad perplexity settings: exit 2 before the model is even loaded, no output directory."""
-    import topoprune.oneshot_run as run_mod
+    import topoprune.oneshot.run as run_mod
 
     def no_load(*a, **k):
         raise AssertionError("the model was loaded before the settings were checked")

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from topoprune.config import GraphConfig
+from topoprune.graph.config import GraphConfig
 from topoprune.errors import ConfigError, TensorError
-from topoprune.graphs import bipartite_graph
-from topoprune.penalties import (attachment_scores, attention_group_penalty, l1_penalty,
+from topoprune.graph.bipartite import bipartite_graph
+from topoprune.train.penalties import (attachment_scores, attention_group_penalty, l1_penalty,
                                  preferential_attachment_penalty)
 
 # 3 rows x 4 inputs; |w| >= 1e-4 counts: row 0 -> 4, row 1 -> 2, row 2 -> 0 (dead row)

@@ -8,8 +8,8 @@ import torch
 
 import topoprune
 from topoprune import plotting
-from topoprune.fits import fit_degrees
-from topoprune.report import load_report, save_report
+from topoprune.graph.fits import fit_degrees
+from topoprune.graph.report import load_report, save_report
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

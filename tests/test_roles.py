@@ -3,7 +3,7 @@
 Each tiny random-init transformers model is checked as an in-memory module and as a saved
 Hugging Face directory: every block has exactly its q/k/v/o (+ cross-attention) and MLP
 matrices, with the config's head geometry and ``[out, in]`` shapes, and each matrix cut out
-by :func:`topoprune.analysis._matrix` equals the projection the model really applies
+by :func:`topoprune.graph.analysis._matrix` equals the projection the model really applies
 (measured by running the module on an identity input). Fused projections (GPT-2 ``c_attn``,
 GPT-NeoX/BLOOM/Falcon ``query_key_value``, Phi-3 ``qkv_proj``/``gate_up_proj``) are compared
 with the q/k/v (gate/up) the model's own forward code produces.
@@ -18,9 +18,9 @@ import torch
 import transformers as tf
 from transformers.utils import logging as hf_logging
 
-from topoprune.analysis import _matrix
-from topoprune.loading import open_checkpoint
-from topoprune.roles import ATTENTION_ROLES, CROSS_ROLES, ROLES, describe
+from topoprune.graph.analysis import _matrix
+from topoprune.graph.loading import open_checkpoint
+from topoprune.graph.roles import ATTENTION_ROLES, CROSS_ROLES, ROLES, describe
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()

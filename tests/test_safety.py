@@ -61,12 +61,12 @@ def ckpt(tmp_path):
 @pytest.fixture
 def no_analysis(monkeypatch):
     """Make any start of an analysis fail loudly (a refusal must come before it)."""
-    import topoprune.analysis
+    import topoprune.graph.analysis
 
     def boom(*a, **k):
         raise AssertionError("the analysis started before the options were checked")
 
-    monkeypatch.setattr(topoprune.analysis, "analyze_report", boom)
+    monkeypatch.setattr(topoprune.graph.analysis, "analyze_report", boom)
 
 
 # ----------------------------------------------------------------------------- 1. output directory
@@ -154,8 +154,8 @@ def test_workers_capped_at_cpus_and_matrices(tmp_path, ckpt, monkeypatch):
     assert r.exit_code == 0, r.stderr
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert all(n <= min(cpus, 4) for n in started), (started, cpus)
-    from topoprune import workers
-    from topoprune.analysis import n_workers
+    from topoprune.graph import workers
+    from topoprune.graph.analysis import n_workers
 
     monkeypatch.setattr(workers, "cpu_count", lambda: 16)
     assert (n_workers(64, 4), n_workers(64), n_workers(-1, 100), n_workers(-1, 3), n_workers(5, 0)) == (4, 16, 8, 3, 1)
@@ -174,7 +174,7 @@ def big_ckpt(tmp_path_factory):
 def _start(big_ckpt, out):
     """Start ``analyze -j 2`` in a real process; return it, its workers and its stderr file."""
     psutil = pytest.importorskip("psutil")
-    from topoprune.workers import cpu_count
+    from topoprune.graph.workers import cpu_count
 
     if cpu_count() < 2:
         pytest.skip("two worker processes need two CPUs")
@@ -259,9 +259,9 @@ def test_signal_ends_the_run_cleanly(tmp_path, big_ckpt, sig, group, code):
 # ----------------------------------------------------------------------------- 4. memory
 def test_tensor_larger_than_memory_named(tmp_path, ckpt, monkeypatch):
     """A tensor that does not fit in the available memory: one line naming it, before any work."""
-    from topoprune import guards
+    from topoprune.graph import guards
     from topoprune.errors import TensorError
-    from topoprune.loading import open_checkpoint
+    from topoprune.graph.loading import open_checkpoint
 
     monkeypatch.setattr(guards, "available_memory", lambda: 4000)  # 32 x 16 x (4 + 4) bytes: 4 KiB needed
     line = one_error(run("analyze", ckpt, "--out", tmp_path / "rep", *FAST), "needs", "GiB to analyse",
@@ -300,7 +300,7 @@ def test_index_symlinks_inside_the_directory_are_followed(tmp_path):
     (snap / "model-00001-of-00001.safetensors").symlink_to("../../blobs/f00d")
     (snap / "model.safetensors.index.json").write_text(
         json.dumps({"weight_map": {"layers.0.mlp.fc1.weight": "model-00001-of-00001.safetensors"}}))
-    from topoprune.loading import open_checkpoint
+    from topoprune.graph.loading import open_checkpoint
 
     assert [t.name for t in open_checkpoint(snap).tensors()] == ["layers.0.mlp.fc1.weight"]
 
@@ -341,7 +341,7 @@ def test_threshold_above_every_weight(tmp_path, ckpt):
 # ----------------------------------------------------------------------------- 7. user errors, not bugs
 def test_long_input_name_is_a_user_error(tmp_path):
     from topoprune.errors import CheckpointError
-    from topoprune.loading import open_checkpoint
+    from topoprune.graph.loading import open_checkpoint
 
     one_error(run("analyze", tmp_path / ("x" * 300), "--out", tmp_path / "rep"), "File name too long")
     with pytest.raises(CheckpointError, match="File name too long"):
@@ -350,25 +350,25 @@ def test_long_input_name_is_a_user_error(tmp_path):
 
 
 def test_os_error_anywhere_is_one_line(tmp_path, ckpt, monkeypatch):
-    import topoprune.report
+    import topoprune.graph.report
 
     def denied(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied", "/somewhere/report.csv")
 
-    monkeypatch.setattr(topoprune.report, "save_report", denied)
+    monkeypatch.setattr(topoprune.graph.report, "save_report", denied)
     one_error(run("analyze", ckpt, "--out", tmp_path / "rep", *FAST), "/somewhere/report.csv: Permission denied")
     assert not (tmp_path / "rep").exists() and not leftovers(tmp_path, "rep")
 
 
 def test_refused_pickle_anywhere_is_one_line(tmp_path, ckpt, monkeypatch):
-    import topoprune.analysis
+    import topoprune.graph.analysis
 
     def torch_message(*a, **k):
         raise pickle.UnpicklingError("Weights only load failed. This file can still be loaded...\n"
                                      "(1) In PyTorch 2.6, we changed the default value of `weights_only`...\n"
                                      "re-running `torch.load` with `weights_only` set to `False`...")
 
-    monkeypatch.setattr(topoprune.analysis, "analyze_report", torch_message)
+    monkeypatch.setattr(topoprune.graph.analysis, "analyze_report", torch_message)
     line = one_error(run("analyze", ckpt, "--out", tmp_path / "rep"))
     assert line == f"error: {REFUSED_PICKLE}" and "weights_only" not in line
 
@@ -409,7 +409,7 @@ def calib(tmp_path):
 
 @pytest.fixture
 def no_model(monkeypatch):
-    import topoprune.oneshot_run as run_mod
+    import topoprune.oneshot.run as run_mod
 
     def boom(*a, **k):
         raise AssertionError("the model was loaded before the inputs were checked")
@@ -455,7 +455,7 @@ def test_oneshot_refuses_binary_calibration(tmp_path, no_model, content, needles
 
 
 def test_calibration_text_with_few_control_characters_is_text(tmp_path):
-    from topoprune.calibration import read_text_file
+    from topoprune.oneshot.calibration import read_text_file
 
     path = tmp_path / "ok.txt"
     path.write_text("a line\twith tabs\r\n\fand a form feed\n" * 50 + "\x1b")

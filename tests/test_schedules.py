@@ -2,7 +2,7 @@
 import pytest
 
 from topoprune.errors import ConfigError
-from topoprune.schedules import SCHEDULES, Schedule, ScheduleConfig, get_schedule
+from topoprune.train.schedules import SCHEDULES, Schedule, ScheduleConfig, get_schedule
 
 RAMPS = ("linear", "cubic", "cosine")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from topoprune.topology import TopologyHistory, topology_snapshot
+from topoprune.train.topology import TopologyHistory, topology_snapshot
 
 
 @pytest.fixture

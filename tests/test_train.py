@@ -140,7 +140,7 @@ def test_train_smollm2_on_ptb(tmp_path):
 
 def test_target_mode_recuts_every_ten_steps_by_default():
     """Without --frequency the schedule re-cuts every min(10, schedule length) steps; an explicit value wins."""
-    from topoprune.train import TrainConfig
+    from topoprune.train.run import TrainConfig
 
     assert TrainConfig(neuroprune={"target": 0.5}).neuroprune_config(100).frequency == 10
     assert TrainConfig(neuroprune={"target": 0.5}).neuroprune_config(8).frequency == 6  # end = 0.75 * 8
@@ -152,7 +152,7 @@ def test_leave_process_group_shuts_the_group_down(tmp_path):
     """The CLI's exit path: a barrier, then the group is destroyed (a live gloo group can abort at exit)."""
     import torch.distributed as dist
 
-    from topoprune.train import leave_process_group
+    from topoprune.train.run import leave_process_group
 
     leave_process_group()  # no group: a no-op
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)

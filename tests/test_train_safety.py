@@ -77,7 +77,7 @@ def test_same_seed_same_run_for_a_model_directory(tmp_path):
     """A model directory without a classification head: the new head is seeded too."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from topoprune.loading import default_checkpoint
+    from topoprune.assets import default_checkpoint
 
     torch.manual_seed(123)
     tok = AutoTokenizer.from_pretrained(str(default_checkpoint()))
@@ -145,7 +145,7 @@ def test_resume_without_a_complete_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("missing", "no such model directory"), ("no-tokenizer", "no tokenizer"), ("pickle", "refused"),
+    ("missing", "no such directory"), ("no-tokenizer", "no tokenizer"), ("pickle", "refused"),
     ("report-to", "unknown integration"), ("report-not-installed", "not installed"),
 ])
 def test_bad_model_and_integration_exit_2_one_line(tmp_path, case, message):
@@ -156,7 +156,7 @@ def test_bad_model_and_integration_exit_2_one_line(tmp_path, case, message):
     else:
         from transformers import BertConfig, BertForSequenceClassification
 
-        from topoprune.loading import default_checkpoint
+        from topoprune.assets import default_checkpoint
 
         BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                                  intermediate_size=64)).save_pretrained(model)
@@ -193,7 +193,7 @@ def test_bad_model_and_integration_exit_2_one_line(tmp_path, case, message):
 
 def test_refused_pickle_in_a_checkpoint_being_resumed(tmp_path):
     """A checkpoint whose optimizer state is a pickle that would run code: one line, nothing run."""
-    from topoprune.rundir import mark_complete
+    from topoprune.train.rundir import mark_complete
 
     out = tmp_path / "run"
     # no topology snapshot before the checkpoint: its history file is empty, and is restored as such
@@ -218,12 +218,12 @@ def test_refused_pickle_in_a_checkpoint_being_resumed(tmp_path):
 
 def test_bad_out_refused_before_training(tmp_path, monkeypatch):
     """An empty --out, one inside the model directory, a file, a name too long: exit 2, nothing trained."""
-    import topoprune.data
+    import topoprune.train.data
 
     def no_work(*a, **k):
         raise AssertionError("data loaded before --out was checked")
 
-    monkeypatch.setattr(topoprune.data, "load_task", no_work)
+    monkeypatch.setattr(topoprune.train.data, "load_task", no_work)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("x")
     model = tmp_path / "model"

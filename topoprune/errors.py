@@ -20,3 +20,7 @@ class ConfigError(TopopruneError):
 
 class TensorError(TopopruneError):
     """A weight tensor that cannot be analysed (NaN/Inf, wrong shape)."""
+
+
+class DataError(TopopruneError):
+    """A data file, column, label set, corpus or tokenizer that cannot make a training task."""

@@ -1,4 +1,4 @@
-"""Figures of a :class:`~topoprune.analysis.Report`: degree CCDFs with fits, trends, patterns.
+"""Figures of a :class:`~topoprune.graph.analysis.Report`: degree CCDFs with fits, trends, patterns.
 
 Every ``plot_*`` function draws into ``ax``/``axes`` when given (else it makes a new
 figure with :mod:`matplotlib.pyplot`) and returns the Axes (or an array of Axes); none of
@@ -7,11 +7,11 @@ pyplot-free :class:`matplotlib.figure.Figure` objects and writes each as PNG and
 atomically, so it neither needs nor changes the pyplot backend (a notebook's inline
 backend keeps working) and leaves no figure open.
 
-Degree conventions follow :mod:`topoprune.analysis`: ``side="in"`` is the fan-in of each
+Degree conventions follow :mod:`topoprune.graph.analysis`: ``side="in"`` is the fan-in of each
 output neuron (rows of ``W``, ``report.degrees[name][0]``), ``side="out"`` the fan-out of
 each input neuron (columns, ``report.degrees[name][1]``).
 
-Fitted curves (discrete distributions, as in :mod:`topoprune.fits`) are drawn over the
+Fitted curves (discrete distributions, as in :mod:`topoprune.graph.fits`) are drawn over the
 fitted tail ``k >= xmin`` and scaled by the empirical ``P(K >= xmin)``, so they meet the
 data at ``xmin`` (what ``powerlaw.Fit.power_law.plot_ccdf(ax=fit.plot_ccdf())`` shows for
 the tail):
@@ -31,7 +31,7 @@ Examples
 >>> ax = plotting.plot_ccdf(rep.degrees["layers.0.mlp.fc1.weight"][0], fit=rep.matrices.iloc[0])
 >>> paths = plotting.save_figures(rep, "figs")                      # doctest: +SKIP
 """
-from ._common import PAPER_STYLE, ROLE_LABELS, paper_style
+from .common import PAPER_STYLE, ROLE_LABELS, paper_style
 from .ccdf import ccdf, plot_block_grid, plot_ccdf, plot_role_ccdfs
 from .figures import default_patterns, plot_block_trends, plot_pattern, plot_patterns, save_figures
 

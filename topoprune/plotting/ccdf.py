@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ._common import (
+from .common import (
     ROLE_LABELS,
     _NO_AUTOSCALE,
     _OVERLAYS,
@@ -151,16 +151,16 @@ def plot_role_ccdfs(report, side: str = "in", roles=None, axes=None, *, pooled_f
     Parameters
     ----------
     report : Report
-        From :func:`topoprune.analyze_report` or :func:`topoprune.report.load_report`.
+        From :func:`topoprune.analyze_report` or :func:`topoprune.graph.report.load_report`.
     side : {"in", "out"}
         Degree direction.
     roles : sequence of str, optional
-        Roles to show (default: every role with a matrix, in :data:`~topoprune.roles.ROLES`
+        Roles to show (default: every role with a matrix, in :data:`~topoprune.graph.roles.ROLES`
         order).
     axes : array of Axes, optional
         At least as many axes as roles (extra ones are hidden); a new figure when None.
     pooled_fit : bool
-        Fit a power law (:func:`topoprune.fits.fit_degrees`, with the report's fit
+        Fit a power law (:func:`topoprune.graph.fits.fit_degrees`, with the report's fit
         settings) to the pooled degrees of the role's matrices and overlay it.
 
     Returns
@@ -173,7 +173,7 @@ def plot_role_ccdfs(report, side: str = "in", roles=None, axes=None, *, pooled_f
     from matplotlib.colors import Normalize
     from matplotlib.ticker import MaxNLocator
 
-    from ..fits import fit_degrees
+    from ..graph.fits import fit_degrees
 
     _check_side(side)
     m = report.matrices
@@ -238,7 +238,7 @@ def plot_block_grid(report, role: str = "mlp_in", side: str = "in", axes=None):
     ----------
     report : Report
     role : str
-        Matrix role (see :data:`~topoprune.roles.ROLES`).
+        Matrix role (see :data:`~topoprune.graph.roles.ROLES`).
     side : {"in", "out"}
         Degree direction.
     axes : array of Axes, optional

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._common import (
+from .common import (
     ROLE_LABELS,
     _SIDE_LABELS,
     _empty_panel,

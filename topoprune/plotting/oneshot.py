@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import ROLE_LABELS, _new_axes, _role_order
+from .common import ROLE_LABELS, _new_axes, _role_order
 
 
 def plot_allocation(record: dict, row_sparsity: dict | None = None, axes=None):
@@ -67,7 +67,7 @@ def save_oneshot_figures(record: dict, row_sparsity: dict | None, out_dir, forma
     from matplotlib.figure import Figure
 
     from ..io import atomic_path
-    from ._common import paper_style
+    from .common import paper_style
 
     paths = []
     with paper_style():

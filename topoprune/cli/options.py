@@ -2,14 +2,14 @@
 
 Each bad option is a :class:`~topoprune.errors.ConfigError` naming it: ``--density`` together with
 ``--threshold``, a reversed ``--layers 3-1``, a negative or absurd block index, an out-of-range
-``--jobs`` (checked by :class:`~topoprune.config.AnalysisConfig`).
+``--jobs`` (checked by :class:`~topoprune.graph.config.AnalysisConfig`).
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from .errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError
 
 #: Largest block index ``--layers`` accepts.
 MAX_BLOCK = 99_999
@@ -45,8 +45,8 @@ def parse_roles(text: str | None):
 def analysis_request(checkpoint, density, threshold, layers, roles, fits, modularity, block_modularity,
                      model_graph, embeddings, nonfinite, jobs, seed):
     """``(source, kwargs of analyze_report)`` from the analysis options, every option checked."""
-    from .config import AnalysisConfig, GraphConfig, ModularityConfig
-    from .loading import default_checkpoint
+    from ..graph.config import AnalysisConfig, GraphConfig, ModularityConfig
+    from ..assets import default_checkpoint
 
     if density is not None and threshold is not None:
         raise ConfigError(f"--density {density:g} and --threshold {threshold:g} contradict each other: "

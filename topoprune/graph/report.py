@@ -3,7 +3,7 @@
 A report directory holds:
 
 =====================  ==========================================================
-``report.csv``         one row per matrix (:data:`topoprune.analysis.COLUMNS`)
+``report.csv``         one row per matrix (:data:`topoprune.graph.analysis.COLUMNS`)
 ``summary.csv``        :func:`topoprune.summarize` (per role, per block, whole model)
 ``layered.csv``        block (layered) graphs, when ``block_modularity`` was set
 ``report.json``        all of the above plus ``config``, ``version``, ``source``
@@ -25,8 +25,8 @@ import pandas as pd
 import torch
 
 from .analysis import COLUMNS, ID_COLUMNS, Report, summarize
-from .errors import CheckpointError
-from .io import atomic_path, short
+from ..errors import CheckpointError
+from ..io import atomic_path, short
 
 REPORT_FILES = ("report.csv", "summary.csv", "report.json", "degrees.safetensors", "patterns.safetensors")
 #: Columns every matrix row of a saved report must have (they key comparisons and figures).

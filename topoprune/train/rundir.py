@@ -30,8 +30,8 @@ import re
 import shutil
 from pathlib import Path
 
-from .errors import CheckpointError, ConfigError
-from .io import MARKER, OutputDir, atomic_path, check_out, is_output, short
+from ..errors import CheckpointError, ConfigError
+from ..io import MARKER, OutputDir, atomic_path, check_out, is_output, short
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ class RunDir:
             self.resume_from = self.checkpoint_dir / self.resume_from.name
         for path, _ in self.discarded:
             shutil.rmtree(self.checkpoint_dir / path.name, ignore_errors=True)
-        from . import __version__
+        from .. import __version__
 
         with atomic_path(self.staging / RUN_CONFIG) as tmp:
             tmp.write_text(json.dumps({"topoprune_version": __version__, "config": self.config}, indent=1))

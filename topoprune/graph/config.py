@@ -9,9 +9,9 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
-#: What a matrix's edges are, see :func:`topoprune.graphs.edge_mask`.
+#: What a matrix's edges are, see :func:`topoprune.graph.bipartite.edge_mask`.
 EDGE_MODES = ("auto", "density", "threshold", "nonzero")
 #: Largest worker count accepted (the analysis also caps it at the CPUs and the matrices).
 MAX_JOBS = 256

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import ConfigError, TopopruneError
+from .. import __version__
+from ..errors import ConfigError, TopopruneError
 from .options import analysis_request, check_input
 
 log = logging.getLogger("topoprune")
@@ -64,7 +64,7 @@ def _on_sigterm(signum, frame):
 
 def _user_error_line(exc: BaseException) -> str | None:
     """The one line for an exception caused by the user's input or environment, else ``None``."""
-    from .io import os_error_line
+    from ..io import os_error_line
 
     if isinstance(exc, TopopruneError):
         return " ".join(str(exc).split())
@@ -140,7 +140,7 @@ def _analysis_options(f):
 
 
 def _run_analysis(checkpoint, progress=True, **opts):
-    from .analysis import analyze_report
+    from ..graph.analysis import analyze_report
 
     source, kwargs = analysis_request(checkpoint, **opts)
     return analyze_report(source, progress=progress and sys.stderr.isatty(), **kwargs)
@@ -170,9 +170,9 @@ def analyze(checkpoint, out, overwrite, plots, as_json, **opts):
     figures) into OUT, all at once: OUT appears complete or not at all. An existing OUT is
     replaced only with --overwrite and only when topoprune wrote it.
     """
-    from .analysis import analyze_report, summarize
-    from .io import OutputDir
-    from .report import save_report
+    from ..graph.analysis import analyze_report, summarize
+    from ..io import OutputDir
+    from ..graph.report import save_report
 
     source, kwargs = analysis_request(checkpoint, **opts)
     check_input(source)
@@ -182,7 +182,7 @@ def analyze(checkpoint, out, overwrite, plots, as_json, **opts):
     with target:
         save_report(report, target.path, summary=summary)
         if plots:
-            from .plotting import save_figures
+            from ..plotting import save_figures
 
             save_figures(report, target.path / "figures")
         final = target.commit()
@@ -195,7 +195,7 @@ def analyze(checkpoint, out, overwrite, plots, as_json, **opts):
 
 
 def _load_side(path: Path, opts):
-    from .report import load_report
+    from ..graph.report import load_report
 
     if path.is_dir() and (path / "report.json").is_file():
         return load_report(path).matrices
@@ -212,9 +212,9 @@ def _load_side(path: Path, opts):
 @_analysis_options
 def compare(a, b, out, as_json, **opts):
     """Compare two checkpoints or report directories metric by metric (B - A)."""
-    from .io import atomic_path
-    from .report import _records
-    from .report import compare as compare_tables
+    from ..io import atomic_path
+    from ..graph.report import _records
+    from ..graph.report import compare as compare_tables
 
     if out is not None:
         if not out.strip():
@@ -269,8 +269,8 @@ def train(model, data, method, target, schedule, frequency, mlp_weight, attn_wei
           max_steps, batch_size, lr, max_length, n_train, n_eval, seed, topology_every, save_steps, report_to, out,
           resume, overwrite):
     """Sparse training with NeuroPrune (or a baseline) and topology tracking."""
-    from .train import TrainConfig, leave_process_group
-    from .train import train as run_train
+    from ..train.run import TrainConfig, leave_process_group
+    from ..train.run import train as run_train
 
     neuroprune = dict(method=method, mlp_weight=mlp_weight, attn_weight=attn_weight, eps=eps, theta=theta,
                       head_pruning=head_pruning, head_every_steps=head_every, target=target, schedule=schedule,
@@ -338,8 +338,8 @@ def oneshot(model, method, sparsity, allocation, owl_m, owl_lambda, neuroal_step
     tiny-opt / tiny-llama / tiny-gpt2. Writes OUT/model, masks.safetensors, topoprune.json,
     topology reports of the dense and pruned model, compare.csv and figures.
     """
-    from .oneshot import OneShotConfig
-    from .oneshot_run import run_oneshot
+    from ..oneshot.prune import OneShotConfig
+    from ..oneshot.run import run_oneshot
 
     cfg = OneShotConfig(method=method, sparsity=sparsity, allocation=allocation, owl_m=owl_m, owl_lambda=owl_lambda,
                         neuroal_steps=neuroal_steps, group=group, calibration=calibration, n_calibration=n_calibration,
@@ -362,7 +362,7 @@ def oneshot(model, method, sparsity, allocation, owl_m, owl_lambda, neuroal_step
               help="Figure directory [REPORT_DIR/figures].")
 def plot(report_dir, out):
     """Regenerate the figures of a saved report or training run (PNG and SVG)."""
-    from .errors import CheckpointError
+    from ..errors import CheckpointError
 
     report_dir = Path(report_dir)
     if not report_dir.is_dir():
@@ -370,12 +370,12 @@ def plot(report_dir, out):
     target = out or report_dir / "figures"
     paths = []
     if (report_dir / "topology_history.csv").is_file():
-        from .plotting.training import save_training_figures
+        from ..plotting.training import save_training_figures
 
         paths += save_training_figures(report_dir, target)
     if (report_dir / "report.json").is_file():
-        from .plotting import save_figures
-        from .report import load_report
+        from ..plotting import save_figures
+        from ..graph.report import load_report
 
         paths += save_figures(load_report(report_dir), target)
     if not paths:

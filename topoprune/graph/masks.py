@@ -23,7 +23,7 @@ free-form JSON metadata and restore exactly (:meth:`MaskSet.load`); under
 (gradual magnitude pruning, Zhu & Gupta 2017, arXiv 1710.01878, and NeuroPrune's
 attachment-weighted variant, Dhurandhar et al. 2024, arXiv 2404.01306).
 :func:`canonical` / :func:`write_canonical` give the ``[out, in]`` piece of a stored tensor
-described by a :class:`topoprune.roles.MatrixSpec` (GPT-2 ``Conv1D`` transposed, fused
+described by a :class:`topoprune.graph.roles.MatrixSpec` (GPT-2 ``Conv1D`` transposed, fused
 q/k/v or gate/up split by row ranges).
 """
 from __future__ import annotations
@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError, ConfigError, TensorError
-from .graphs import top_k_mask
-from .io import short
+from ..errors import CheckpointError, ConfigError, TensorError
+from .bipartite import top_k_mask
+from ..io import short
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +367,7 @@ class MaskSet:
         """
         from safetensors.torch import save_file
 
-        from .io import atomic_path
+        from ..io import atomic_path
 
         path = Path(path)
         tensors = {n: m.detach().to("cpu", torch.bool).contiguous() for n, m in self.masks.items()}

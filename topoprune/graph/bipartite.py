@@ -23,7 +23,7 @@ import scipy.sparse as sp
 import torch
 
 from .config import GraphConfig
-from .errors import TensorError
+from ..errors import TensorError
 
 
 def _as_tensor(weight) -> torch.Tensor:

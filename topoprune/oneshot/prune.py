@@ -1,8 +1,8 @@
 r"""One-shot, training-free pruning of causal LMs: magnitude/Wanda scores with uniform, OWL or NeuroAL allocation.
 
-:func:`prune` works block by block on calibration windows (:mod:`topoprune.calibration`):
+:func:`prune` works block by block on calibration windows (:mod:`topoprune.oneshot.calibration`):
 
-1. **allocation** -- how much to prune in each block and row (:mod:`topoprune.allocation`):
+1. **allocation** -- how much to prune in each block and row (:mod:`topoprune.oneshot.allocation`):
 
    * ``uniform``: every layer at the target sparsity :math:`s`;
    * ``owl``: per-block outlier ratios of the dense model, Yin et al. (ICML 2024);
@@ -38,7 +38,7 @@ parameter of :class:`OneShotConfig`):
 * ``group="auto"``: magnitude compares within the whole layer (the usual baseline), Wanda
   within each row; row-step allocations always compare within rows;
 * ``rebalance=True``: clipped allocations are shifted back to the exact target (see
-  :mod:`topoprune.allocation`); ties are broken by index, so runs are deterministic;
+  :mod:`topoprune.oneshot.allocation`); ties are broken by index, so runs are deterministic;
 * search windows are the first ``n_search`` of the calibration windows (the reference uses
   8 x 2048 tokens for the search and 128 x 2048 for the final pass; the CPU defaults here
   are 8 x 512 and 64 x 512).
@@ -55,9 +55,9 @@ import torch
 
 from . import allocation as al
 from .calibration import Blocks, Chunk, Linear, capture_inputs, find_blocks, run_block
-from .errors import ConfigError, TensorError
-from .graphs import row_top_k_mask, top_k_mask
-from .masking import MaskSet
+from ..errors import ConfigError, TensorError
+from ..graph.bipartite import row_top_k_mask, top_k_mask
+from ..graph.masks import MaskSet
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class OneShotConfig:
     group : {"auto", "row", "layer"}
         Comparison group of uniform-per-layer masks ("auto": layer for magnitude, row for Wanda).
     block_grid, row_grid : tuple of float, optional
-        λ grids (default: the reference's, :data:`topoprune.allocation.BLOCK_GRID` / ``ROW_GRID``).
+        λ grids (default: the reference's, :data:`topoprune.oneshot.allocation.BLOCK_GRID` / ``ROW_GRID``).
     owl_m, owl_lambda : float
         OWL's outlier threshold M (5) and band half-width λ (0.08).
     clip : (float, float)
@@ -186,7 +186,7 @@ def layer_mask(scores: torch.Tensor, row_sparsity, group: str = "row") -> torch.
     """Keep-mask [out, in] for per-row sparsities (a scalar: the same for every row).
 
     ``group="layer"`` with a scalar ranks the whole layer; otherwise each row keeps its
-    :func:`~topoprune.allocation.keep_counts` share. Exactly ``round(density * numel)``
+    :func:`~topoprune.oneshot.allocation.keep_counts` share. Exactly ``round(density * numel)``
     entries are kept either way; ties go to the lowest index.
     """
     out, n_in = scores.shape

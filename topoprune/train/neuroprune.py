@@ -6,16 +6,16 @@ The loss is :math:`\mathcal{L}_\text{task} + \alpha R_\text{mlp} + \beta R_\text
 
 * :math:`R_\text{mlp} = \sum_W \sum_i \lVert W_{i,:}\rVert_1 / c_i` over every MLP matrix
   (expand and contract), :math:`c_i` the fraction of row ``i`` with :math:`|w| \ge \varepsilon`
-  (:func:`~topoprune.penalties.attachment_scores`), refreshed every ``refresh_every`` steps.
+  (:func:`~topoprune.train.penalties.attachment_scores`), refreshed every ``refresh_every`` steps.
   In a gated MLP gate and up rows feed the same hidden neuron, so both get the score of the
   neuron's fan-in over ``cat([W_gate, W_up], 1)``, i.e. the mean of the two connectivities;
 * :math:`R_\text{att} = \sum_\ell \sum_j (\sum_r |A^\ell_{rj}| + \delta)^{1/2}` with
-  :math:`A^\ell = \operatorname{cat}(Q, K, V)` (:func:`~topoprune.penalties.attention_group_penalty`);
+  :math:`A^\ell = \operatorname{cat}(Q, K, V)` (:func:`~topoprune.train.penalties.attention_group_penalty`);
 
-and redundant heads are removed by dominating set (:mod:`topoprune.heads`). Entries with
-:math:`|w| < \varepsilon` are pruned for good (a :class:`~topoprune.masking.MaskSet` only
+and redundant heads are removed by dominating set (:mod:`topoprune.train.heads`). Entries with
+:math:`|w| < \varepsilon` are pruned for good (a :class:`~topoprune.graph.masks.MaskSet` only
 shrinks). Fused q/k/v, gate/up and GPT-2 ``Conv1D`` tensors are bound through
-:class:`~topoprune.roles.MatrixSpec` (``rows``, ``transpose``) as views keeping gradients.
+:class:`~topoprune.graph.roles.MatrixSpec` (``rows``, ``transpose``) as views keeping gradients.
 
 **Paper mode** (``target=None``): sparsity is an outcome of :math:`\alpha, \beta, \theta`.
 **Target mode**: the ``roles`` matrices follow a schedule (cubic by default) to exactly
@@ -53,14 +53,14 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError
 from .heads import HeadPruningDecision, apply_head_mask, prune_layer_heads
-from .loading import from_module
-from .masking import (MaskSet, broadcast_object, canonical, piece_mask, select_keep, sparsity_table,
+from ..graph.loading import from_module
+from ..graph.masks import (MaskSet, broadcast_object, canonical, piece_mask, select_keep, sparsity_table,
                       write_canonical)
 from .penalties import (DELTA, attachment_scores, attention_group_penalty, l1_penalty,
                         preferential_attachment_penalty)
-from .roles import MLP_ROLES, MatrixSpec, describe
+from ..graph.roles import MLP_ROLES, MatrixSpec, describe
 from .schedules import ScheduleConfig, get_schedule
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class NeuroPruneConfig:
     target : float or None
         Sparsity in [0, 1) of the ``roles`` matrices at step ``end`` (target mode); None: paper mode.
     schedule, start, end, frequency, initial
-        :class:`~topoprune.schedules.ScheduleConfig` fields of the target schedule (``end``
+        :class:`~topoprune.train.schedules.ScheduleConfig` fields of the target schedule (``end``
         is required for all but ``constant``).
     seed, roles : int, tuple of str
         Seed of the ``random`` method. Roles sparsified by the PA penalty (MLP roles), epsilon
@@ -189,7 +189,7 @@ class NeuroPrune:
     Parameters
     ----------
     model : torch.nn.Module
-        Matrices recognised by :func:`topoprune.roles.describe` (BERT, GPT-2, OPT, T5, LLaMA, ...).
+        Matrices recognised by :func:`topoprune.graph.roles.describe` (BERT, GPT-2, OPT, T5, LLaMA, ...).
     config : NeuroPruneConfig, optional
 
     Raises
@@ -373,9 +373,9 @@ class NeuroPrune:
     def prune_heads(self, optimizer: torch.optim.Optimizer | None = None) -> list[HeadPruningDecision]:
         """ELIM_REDUNDANT on every attention layer: decide, fold W_O, zero and mask the removed heads.
 
-        :func:`~topoprune.heads.prune_layer_heads` decides (heads removed before are left out
+        :func:`~topoprune.train.heads.prune_layer_heads` decides (heads removed before are left out
         of the graph; rank 0 decides for all under ``torch.distributed``) and
-        :func:`~topoprune.heads.apply_head_mask` acts on copies of the ``[out, in]`` pieces,
+        :func:`~topoprune.train.heads.apply_head_mask` acts on copies of the ``[out, in]`` pieces,
         written back. Removed heads' Q rows (K/V rows once a whole kv group is gone), bias
         entries and W_O columns are masked: they stay zero until physical removal.
 
@@ -426,7 +426,7 @@ class NeuroPrune:
     def sparsity_report(self):
         r"""Achieved sparsity per matrix piece, per role and in total: a ``pandas.DataFrame``.
 
-        Columns (:func:`~topoprune.masking.sparsity_table`): ``level`` (``matrix``, ``role``,
+        Columns (:func:`~topoprune.graph.masks.sparsity_table`): ``level`` (``matrix``, ``role``,
         ``total``), ``name``, ``tensor``, ``role``, ``block``, ``side``, ``numel``, ``pruned``
         (masked entries), ``sparsity`` (pruned / numel), ``below_eps`` (share of
         :math:`|w| < \varepsilon` in the weights, masked or not: the two are kept apart),

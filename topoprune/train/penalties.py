@@ -12,7 +12,7 @@ for Large Language Models", arXiv 2404.01306 (reference: ``neuroprune.md`` secti
 * :func:`l1_penalty` -- the paper's plain l1 baseline.
 
 Every weight is an ``nn.Linear``-style ``[out, in]`` tensor. GPT-2 ``Conv1D`` weights are
-``[in, out]``: pass ``weight.t()`` (see :class:`topoprune.roles.MatrixSpec`, ``transpose``).
+``[in, out]``: pass ``weight.t()`` (see :class:`topoprune.graph.roles.MatrixSpec`, ``transpose``).
 Half-precision weights (float16 / bfloat16) are summed in float32 and the penalty is
 returned in float32; gradients still reach the original parameter through the cast.
 """
@@ -23,9 +23,9 @@ import math
 
 import torch
 
-from .config import GraphConfig
-from .errors import ConfigError, TensorError
-from .graphs import bipartite_graph
+from ..graph.config import GraphConfig
+from ..errors import ConfigError, TensorError
+from ..graph.bipartite import bipartite_graph
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ def attachment_scores(weight: torch.Tensor, eps: float = EPSILON, floor: float |
     with :math:`n_i` the number of entries of row ``i`` below :math:`\varepsilon`
     (Dhurandhar et al. 2024, arXiv 2404.01306, Sec. 3). The count is made by the
     project's single degree implementation: the bipartite graph of ``weight`` in
-    ``threshold`` mode (:func:`topoprune.graphs.bipartite_graph`) and its
-    :meth:`~topoprune.graphs.BipartiteGraph.connectivity` ``("in")``.
+    ``threshold`` mode (:func:`topoprune.graph.bipartite.bipartite_graph`) and its
+    :meth:`~topoprune.graph.bipartite.BipartiteGraph.connectivity` ``("in")``.
 
     Parameters
     ----------

@@ -1,6 +1,6 @@
 """Degree statistics, inequality (Gini) and modularity of weight graphs.
 
-Degrees come from :mod:`topoprune.graphs`; this module only summarises them.
+Degrees come from :mod:`topoprune.graph.bipartite`; this module only summarises them.
 Communities are found with igraph's Leiden algorithm on the modularity objective
 (Traag, Waltman & van Eck 2019) and scored with Newman's modularity (Newman 2006):
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import ModularityConfig
-from .graphs import igraph_from_edges
+from .bipartite import igraph_from_edges
 
 
 def gini(x) -> float:
@@ -113,7 +113,7 @@ def edge_modularity(n_nodes: int, edges: np.ndarray, weights=None,
 
 
 def modularity(graph_obj, config: ModularityConfig | None = None) -> Communities:
-    """Modularity of a :class:`~topoprune.graphs.BipartiteGraph` or ``LayeredGraph``.
+    """Modularity of a :class:`~topoprune.graph.bipartite.BipartiteGraph` or ``LayeredGraph``.
 
     The graph is treated as undirected and unipartite (Newman's Q), the same quantity
     ``networkx.community.modularity`` computes for the same partition.

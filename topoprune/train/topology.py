@@ -1,6 +1,6 @@
 """Topology of a model while it trains: the analysis code, summarised into a few scalars.
 
-:func:`topology_snapshot` runs :func:`topoprune.analysis.analyze` on the live module with
+:func:`topology_snapshot` runs :func:`topoprune.graph.analysis.analyze` on the live module with
 NeuroPrune's notion of an edge (``|w| >= eps``, the same graph code the trainer's
 attachment scores come from) and reduces the per-matrix table to scalars per component
 (``mlp``, ``attention``): sparsity, degree sd and fractional-connectivity sd (the paper's
@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .analysis import analyze
-from .config import AnalysisConfig, GraphConfig
-from .roles import ATTENTION_ROLES, MLP_ROLES
+from ..graph.analysis import analyze
+from ..graph.config import AnalysisConfig, GraphConfig
+from ..graph.roles import ATTENTION_ROLES, MLP_ROLES
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def topology_snapshot(model: torch.nn.Module, *, eps: float = 1e-4, fits: bool =
         ``{"mlp/sparsity": ..., "attention/in_conn_sd": ..., ...}``: see
         :data:`SNAPSHOT_METRICS`; components absent from the model are left out.
     """
-    from .config import ModularityConfig
+    from ..graph.config import ModularityConfig
 
     config = AnalysisConfig(graph=GraphConfig(threshold=eps, mode="threshold"), fits=fits,
                             matrix_modularity=modularity, modularity=ModularityConfig(seed=seed),
@@ -108,7 +108,7 @@ class TopologyHistory:
             row["step"] = int(row["step"])
 
     def save(self, path) -> Path:
-        from .io import atomic_path
+        from ..io import atomic_path
 
         path = Path(path)
         with atomic_path(path) as tmp:

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .loading import from_module
-from .roles import ATTENTION_ROLES, MLP_ROLES, describe
+from ..errors import ConfigError
+from ..graph.loading import from_module
+from ..graph.roles import ATTENTION_ROLES, MLP_ROLES, describe
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,9 @@ def text_ids(tokenizer, source: str, split: str = "train") -> torch.Tensor:
     """All tokens of ``source``: ``ptb`` (Penn Treebank ``split``, sentences joined by spaces) or a text file
     (UTF-8 text, see :func:`read_text_file`)."""
     if source == "ptb":
-        from .data import _ptb_lines
+        from ..assets import ptb_lines
 
-        text, where = " ".join(_ptb_lines(split)), f"Penn Treebank {split}"
+        text, where = " ".join(ptb_lines(split)), f"Penn Treebank {split}"
     else:
         text, where = read_text_file(source), str(source)
     if not text.strip():

@@ -1,6 +1,6 @@
 """NeuroPrune inside an unmodified Hugging Face ``Trainer``: a callback and a loss hook.
 
-Hook order (the three mask sites of :class:`~topoprune.masking.MaskSet`):
+Hook order (the three mask sites of :class:`~topoprune.graph.masks.MaskSet`):
 
 ======================  ===============================================================
 ``compute_loss``        task loss + :meth:`NeuroPrune.penalty` (:class:`NeuroPruneTrainer`)
@@ -12,13 +12,13 @@ Hook order (the three mask sites of :class:`~topoprune.masking.MaskSet`):
 ``on_epoch_end``        dominating-set head pruning (the paper's default)
 ``on_evaluate``         topology snapshot logged with the evaluation
 ``on_save``             ``masks.safetensors`` and the topology history written into the
-                        checkpoint, then its completion mark (:mod:`topoprune.rundir`), then
+                        checkpoint, then its completion mark (:mod:`topoprune.train.rundir`), then
                         older checkpoints rotated away
 ======================  ===============================================================
 
 Users of their own ``Trainer`` subclass add the callback and the penalty themselves
 (``loss = loss + callback.neuroprune.penalty()``); plain-loop users call
-:class:`~topoprune.neuroprune.NeuroPrune` directly.
+:class:`~topoprune.train.neuroprune.NeuroPrune` directly.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
-from .errors import CheckpointError, TopopruneError
+from ..errors import CheckpointError, TopopruneError
 from .neuroprune import NeuroPrune
 from .rundir import mark_complete, rotate
 from .topology import TopologyHistory, topology_snapshot

@@ -1,6 +1,6 @@
 r"""How much to prune where: sparsity allocations and base-pruner scores for one-shot pruning.
 
-Pure functions on tensors and arrays (no model, no hooks); :mod:`topoprune.oneshot` drives
+Pure functions on tensors and arrays (no model, no hooks); :mod:`topoprune.oneshot.prune` drives
 them block by block. A higher score means *keep*.
 
 Scores (W is a layer's weight ``[out, in]``, ``a`` its input statistic, length ``in``):
@@ -38,7 +38,7 @@ import math
 import numpy as np
 import torch
 
-from .errors import ConfigError, TensorError
+from ..errors import ConfigError, TensorError
 
 #: NeuroAL block-step λ grid (0.25 is dropped when the target sparsity is >= 0.8).
 BLOCK_GRID = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10, 0.12, 0.15, 0.20, 0.25)

@@ -1,0 +1,4 @@
+"""``python -m topoprune.cli``."""
+from . import main
+
+main()

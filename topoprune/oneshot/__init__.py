@@ -1,0 +1,13 @@
+"""One-shot, training-free pruning of causal LMs: magnitude/Wanda with uniform, OWL or NeuroAL allocation.
+
+=================  ==============================================================
+``allocation``     how much to prune where: uniform, OWL, NeuroAL's block and row steps
+``calibration``    calibration text, block-by-block capture and replay, perplexity
+``prune``          :func:`prune`: the pruning passes, and :class:`OneShotConfig`
+``run``            :func:`run_oneshot`: one ``topoprune oneshot`` run, end to end
+=================  ==============================================================
+"""
+from .prune import OneShotConfig, OneShotResult, prune
+from .run import run_oneshot
+
+__all__ = ["OneShotConfig", "OneShotResult", "prune", "run_oneshot"]
