@@ -1,4 +1,4 @@
-"""Analyse the embedded all-MiniLM-L6-v2 checkpoint and write the paper figures.
+"""Analyse the embedded all-MiniLM-L6-v2 checkpoint and draw its degree, trend and pattern figures.
 
 Usage::
 

@@ -98,7 +98,7 @@ def test_owl_rebalances_weighted_mean_after_clipping():
 
 # ----------------------------------------------------------------------------- NeuroAL block step
 def test_block_grids():
-    """The reference grids: 14 block values (13 at s >= 0.8), 15 row values starting at 0."""
+    """The NeuroAL paper's grids: 14 block values (13 at s >= 0.8), 15 row values starting at 0."""
     assert len(al.block_grid(0.8)) == 13 and 0.25 not in al.block_grid(0.8)
     assert len(al.block_grid(0.7)) == 14 and al.block_grid(0.7)[-1] == 0.25
     assert len(al.block_grid(0.9)) == 13

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import topoprune
-from topoprune.graph.analysis import COLUMNS
+from topoprune.graph.report import COLUMNS
 from topoprune.errors import CheckpointError, ConfigError, TensorError
 
 

@@ -18,7 +18,7 @@ def graph(k, edges):
 
 
 def literal_find_dominating(S):
-    """The reference pseudo-code, line by line (diff vectors, no precomputation)."""
+    """The paper's ELIM_REDUNDANT pseudo-code, line by line (diff vectors, no precomputation)."""
     S = np.asarray(S, dtype=int)
     k = len(S)
     rep = []

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from topoprune.errors import CheckpointError, ConfigError, TensorError
-from topoprune.graph.masks import MaskSet, broadcast_object, canonical, select_keep, write_canonical
+from topoprune.graph.binding import canonical, write_canonical
+from topoprune.graph.masks import MaskSet, broadcast_object, select_keep
 
 
 def small_model():

@@ -14,7 +14,6 @@ from topoprune.oneshot.calibration import (CalibrationError, InputStats, capture
 from topoprune.errors import ConfigError, TensorError
 from topoprune.graph.masks import MaskSet
 from topoprune.oneshot.prune import BLOCK_OUTPUT, OneShotConfig, layer_mask, prune, row_drops
-from topoprune.oneshot.run import apply_masks
 
 FINAL_NORM = {"tiny-llama": "model.norm", "tiny-opt": "model.decoder.final_layer_norm",
               "tiny-gpt2": "transformer.ln_f"}
@@ -41,7 +40,7 @@ def _windows(n=6, length=16, seed=0):
 
 
 def _cfg(**kw):
-    base = dict(n_search=3, batch_size=2, seq_len=16)
+    base = dict(n_search=3, batch_size=2, seq_len=16, allocation="uniform")
     base.update(kw)
     return OneShotConfig(**base)
 
@@ -306,7 +305,7 @@ def test_row_drops_closed_form():
     np.testing.assert_array_equal(drops[p + "self_attn.o_proj"], diffs[p + "mlp.gate_proj"].double().numpy())
     np.testing.assert_array_equal(drops[p + "mlp.up_proj"], diffs[p + "mlp.down_proj"].double().numpy())
     np.testing.assert_array_equal(drops[p + "mlp.down_proj"], diffs[f"{BLOCK_OUTPUT}0"].double().numpy())
-    # the reference's choices: block ratio for GQA k/v; down rows from the next block's (unchanged) input
+    # the NeuroAL authors' choices: block ratio for GQA k/v; down rows from the next block's (unchanged) input
     diffs["model.layers.1.self_attn.q_proj"] = torch.zeros(64)
     drops, fallbacks = row_drops(blocks, diffs, gqa_rows="block", down_rows="next_input")
     assert fallbacks[p + "self_attn.k_proj"] == "grouped-query k/v (gqa_rows='block')"
@@ -340,24 +339,24 @@ def test_deterministic():
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
 def test_masks_save_load_apply(tmp_path, name):
-    """MaskSet save/load round-trips; apply_masks on a dense copy reproduces the pruned weights exactly."""
+    """MaskSet save/load round-trips; applied to a dense copy it reproduces the pruned weights exactly."""
     dense, model, result, _ = _pruned(name, "wanda", "neuroal")
     path = result.masks.save(tmp_path / "masks.safetensors", metadata={"method": "wanda"})
     loaded = MaskSet.load(path)
     assert loaded.names() == result.masks.names()
     assert all(torch.equal(loaded.masks[n], result.masks.masks[n]) for n in loaded.names())
     fresh = copy.deepcopy(dense)
-    pruned = apply_masks(fresh, path)
-    assert pruned == sum(r["numel"] - r["kept"] for r in result.layers)
+    loaded.apply_to_weights(fresh)
+    assert sum(int((~m).sum()) for m in loaded.masks.values()) == sum(r["numel"] - r["kept"] for r in result.layers)
     mine = dict(model.named_parameters())
     for n, p in fresh.named_parameters():
         assert torch.equal(p, mine[n]), n
     # a mask for a parameter the model lacks, or of the wrong shape, is a ConfigError
     with pytest.raises(ConfigError):
-        apply_masks(copy.deepcopy(dense), MaskSet({"nope.weight": torch.ones(2, 2, dtype=torch.bool)}))
+        MaskSet({"nope.weight": torch.ones(2, 2, dtype=torch.bool)}).apply_to_weights(copy.deepcopy(dense))
     first = result.masks.names()[0]
     with pytest.raises(ConfigError):
-        apply_masks(copy.deepcopy(dense), MaskSet({first: torch.ones(3, 3, dtype=torch.bool)}))
+        MaskSet({first: torch.ones(3, 3, dtype=torch.bool)}).apply_to_weights(copy.deepcopy(dense))
 
 
 # ----------------------------------------------------------------------------- (g) errors

@@ -20,7 +20,13 @@ import click
 
 from .. import __version__
 from ..errors import ConfigError, TopopruneError
-from .options import analysis_request, check_input
+from ..graph.config import NONFINITE, AnalysisConfig, GraphConfig, ModularityConfig
+from ..oneshot.prune import ALLOCATIONS, GROUPS, NEUROAL_STEPS, PRUNERS, OneShotConfig
+from ..oneshot.run import EvalConfig
+from ..train.config import DEFAULT_FREQUENCY, HEAD_MODES, TRAIN_METHODS, NeuroPruneConfig
+from ..train.run import TrainConfig
+from ..train.schedules import SCHEDULES
+from .options import analysis_request, check_input, default
 
 log = logging.getLogger("topoprune")
 
@@ -117,22 +123,25 @@ def main(ctx, verbose, debug):
 
 def _analysis_options(f):
     options = [
-        click.option("--density", type=float, default=None, help="Fraction of entries kept as edges, by |w| [0.1]."),
+        click.option("--density", type=float, default=None,
+                     help=f"Fraction of entries kept as edges, by |w| [{default(GraphConfig, 'density')}]."),
         click.option("--threshold", type=float, default=None, help="Keep entries with |w| >= THRESHOLD instead."),
         click.option("--layers", default=None, help="Block indices, e.g. 0,2,5-7 [all]."),
         click.option("--roles", default=None, help="Roles, e.g. q,k,mlp_in [all]."),
-        click.option("--fits/--no-fits", default=True, show_default=True, help="Power-law fits."),
-        click.option("--modularity/--no-modularity", default=True, show_default=True,
-                     help="Leiden modularity of every matrix graph."),
+        click.option("--fits/--no-fits", default=default(AnalysisConfig, "fits"), show_default=True,
+                     help="Power-law fits."),
+        click.option("--modularity/--no-modularity", default=default(AnalysisConfig, "matrix_modularity"),
+                     show_default=True, help="Leiden modularity of every matrix graph."),
         click.option("--block-modularity", is_flag=True, help="Also the layered attention/MLP graph of each block."),
         click.option("--model-graph", is_flag=True,
                      help="Also the whole-model multipartite graph (blocks stacked through the residual stream)."),
         click.option("--embeddings", is_flag=True, help="Also analyse embeddings and the LM head."),
-        click.option("--nonfinite", type=click.Choice(["error", "flag"]), default="error", show_default=True,
-                     help="NaN/Inf in a matrix: stop, or flag it in the status column and go on."),
-        click.option("-j", "--jobs", type=int, default=-1, show_default=True,
+        click.option("--nonfinite", type=click.Choice(NONFINITE), default=default(AnalysisConfig, "nonfinite"),
+                     show_default=True, help="NaN/Inf in a matrix: stop, or flag it in the status column and go on."),
+        click.option("-j", "--jobs", type=int, default=default(AnalysisConfig, "n_jobs"), show_default=True,
                      help="Worker processes (-1: one per CPU)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the community detection."),
+        click.option("--seed", type=int, default=default(ModularityConfig, "seed"), show_default=True,
+                     help="Seed of the community detection."),
     ]
     for opt in reversed(options):
         f = opt(f)
@@ -170,7 +179,8 @@ def analyze(checkpoint, out, overwrite, plots, as_json, **opts):
     figures) into OUT, all at once: OUT appears complete or not at all. An existing OUT is
     replaced only with --overwrite and only when topoprune wrote it.
     """
-    from ..graph.analysis import analyze_report, summarize
+    from ..graph.analysis import analyze_report
+    from ..graph.report import summarize
     from ..io import OutputDir
     from ..graph.report import save_report
 
@@ -213,7 +223,7 @@ def _load_side(path: Path, opts):
 def compare(a, b, out, as_json, **opts):
     """Compare two checkpoints or report directories metric by metric (B - A)."""
     from ..io import atomic_path
-    from ..graph.report import _records
+    from ..graph.report import records
     from ..graph.report import compare as compare_tables
 
     if out is not None:
@@ -226,42 +236,52 @@ def compare(a, b, out, as_json, **opts):
         with atomic_path(out) as tmp:
             table.to_csv(tmp, index=False)
     if as_json:
-        click.echo(json.dumps(_records(table), indent=1))
+        click.echo(json.dumps(records(table), indent=1))
         return
     cols = ["name", "in_mean_delta", "in_conn_sd_delta", "in_alpha_a", "in_alpha_b", "modularity_delta", "present"]
     _print_table(table, cols)
 
 
 @main.command()
-@click.option("--model", default="minilm", show_default=True,
+@click.option("--model", default=default(TrainConfig, "model"), show_default=True,
               help="HF model directory, minilm (embedded), smollm2 (causal LM), or tiny-bert/-gpt2/-opt/-llama/-t5.")
-@click.option("--data", default="tweets", show_default=True,
+@click.option("--data", default=default(TrainConfig, "data"), show_default=True,
               help="tweets (classification), ptb (causal LM), ptb-span (seq2seq), a .csv/.jsonl file, hub:NAME.")
-@click.option("--method", type=click.Choice(["neuroprune", "dense", "l1", "gmp", "random"]), default="neuroprune",
+@click.option("--method", type=click.Choice(TRAIN_METHODS), default=default(NeuroPruneConfig, "method"),
               show_default=True, help="NeuroPrune or a baseline in the same harness.")
 @click.option("--target", type=float, default=None, help="Target sparsity of the MLP matrices (target mode).")
-@click.option("--schedule", default="cubic", show_default=True, help="Sparsity schedule in target mode.")
+@click.option("--schedule", type=click.Choice(sorted(SCHEDULES)), default=default(NeuroPruneConfig, "schedule"),
+              show_default=True, help="Sparsity schedule in target mode.")
 @click.option("--frequency", type=int, default=None,
-              help="Steps between mask updates in target mode [min(10, schedule length)].")
-@click.option("--alpha", "mlp_weight", type=float, default=1e-6, show_default=True, help="MLP penalty weight.")
-@click.option("--beta", "attn_weight", type=float, default=1e-6, show_default=True, help="Attention penalty weight.")
-@click.option("--eps", type=float, default=1e-4, show_default=True, help="|w| below which a weight is pruned.")
-@click.option("--theta", type=float, default=0.15, show_default=True, help="Head-similarity threshold.")
-@click.option("--head-pruning", type=click.Choice(["epoch", "steps", "off"]), default="epoch", show_default=True,
+              help=f"Steps between mask updates in target mode [min({DEFAULT_FREQUENCY}, schedule length)].")
+@click.option("--alpha", "mlp_weight", type=float, default=default(NeuroPruneConfig, "mlp_weight"), show_default=True,
+              help="MLP penalty weight.")
+@click.option("--beta", "attn_weight", type=float, default=default(NeuroPruneConfig, "attn_weight"),
+              show_default=True, help="Attention penalty weight.")
+@click.option("--eps", type=float, default=default(NeuroPruneConfig, "eps"), show_default=True,
+              help="|w| below which a weight is pruned.")
+@click.option("--theta", type=float, default=default(NeuroPruneConfig, "theta"), show_default=True,
+              help="Head-similarity threshold.")
+@click.option("--head-pruning", type=click.Choice(HEAD_MODES), default=default(NeuroPruneConfig, "head_pruning"),
+              show_default=True,
               help="When redundant heads are pruned: at epoch ends (paper), every --head-every steps, or never.")
 @click.option("--head-every", type=int, default=None, help="Steps between head pruning with --head-pruning steps.")
-@click.option("--epochs", type=float, default=1.0, show_default=True)
-@click.option("--max-steps", type=int, default=-1, show_default=True, help="Overrides --epochs when > 0.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=5e-5, show_default=True)
-@click.option("--max-length", type=int, default=64, show_default=True)
-@click.option("--n-train", type=int, default=2000, show_default=True, help="Training examples (0: all).")
-@click.option("--n-eval", type=int, default=500, show_default=True, help="Evaluation examples (0: all).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--topology-every", type=int, default=50, show_default=True, help="Steps between topology snapshots.")
-@click.option("--save-steps", type=int, default=100, show_default=True)
+@click.option("--epochs", type=float, default=default(TrainConfig, "epochs"), show_default=True)
+@click.option("--max-steps", type=int, default=default(TrainConfig, "max_steps"), show_default=True,
+              help="Overrides --epochs when > 0.")
+@click.option("--batch-size", type=int, default=default(TrainConfig, "batch_size"), show_default=True)
+@click.option("--lr", type=float, default=default(TrainConfig, "lr"), show_default=True)
+@click.option("--max-length", type=int, default=default(TrainConfig, "max_length"), show_default=True)
+@click.option("--n-train", type=int, default=default(TrainConfig, "n_train"), show_default=True,
+              help="Training examples (0: all).")
+@click.option("--n-eval", type=int, default=default(TrainConfig, "n_eval"), show_default=True,
+              help="Evaluation examples (0: all).")
+@click.option("--seed", type=int, default=default(TrainConfig, "seed"), show_default=True)
+@click.option("--topology-every", type=int, default=default(TrainConfig, "topology_every"), show_default=True,
+              help="Steps between topology snapshots.")
+@click.option("--save-steps", type=int, default=default(TrainConfig, "save_steps"), show_default=True)
 @click.option("--report-to", multiple=True, help="Trainer integration (tensorboard, ...); repeatable.")
-@click.option("-o", "--out", type=click.Path(path_type=str), default="topoprune-run", show_default=True)
+@click.option("-o", "--out", type=click.Path(path_type=str), default=default(TrainConfig, "out"), show_default=True)
 @click.option("--resume", is_flag=True,
               help="Continue OUT from its newest complete checkpoint (same settings; only the step budget may change).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT (or discard an interrupted run's checkpoints).")
@@ -269,12 +289,12 @@ def train(model, data, method, target, schedule, frequency, mlp_weight, attn_wei
           max_steps, batch_size, lr, max_length, n_train, n_eval, seed, topology_every, save_steps, report_to, out,
           resume, overwrite):
     """Sparse training with NeuroPrune (or a baseline) and topology tracking."""
-    from ..train.run import TrainConfig, leave_process_group
+    from ..train.run import leave_process_group
     from ..train.run import train as run_train
 
     neuroprune = dict(method=method, mlp_weight=mlp_weight, attn_weight=attn_weight, eps=eps, theta=theta,
                       head_pruning=head_pruning, head_every_steps=head_every, target=target, schedule=schedule,
-                      frequency=frequency, seed=seed)
+                      frequency=frequency, seed=seed)  # a dict: TrainConfig ends target mode after its schedule_fraction
     cfg = TrainConfig(model=model, data=data, out=str(out), epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                       lr=lr, max_length=max_length, n_train=n_train or None, n_eval=n_eval or None, seed=seed,
                       topology_every=topology_every, save_steps=save_steps, report_to=tuple(report_to),
@@ -298,35 +318,43 @@ def train(model, data, method, target, schedule, frequency, mlp_weight, attn_wei
 
 @main.command()
 @click.argument("model")
-@click.option("--method", type=click.Choice(["magnitude", "wanda"]), default="wanda", show_default=True,
+@click.option("--method", type=click.Choice(PRUNERS), default=default(OneShotConfig, "method"), show_default=True,
               help="Base pruner's score.")
-@click.option("--sparsity", type=float, default=0.5, show_default=True, help="Target sparsity of the block layers.")
-@click.option("--allocation", type=click.Choice(["uniform", "owl", "neuroal"]), default="neuroal", show_default=True,
-              help="How the sparsity is spread over blocks and rows.")
-@click.option("--owl-m", type=float, default=5.0, show_default=True,
+@click.option("--sparsity", type=float, default=default(OneShotConfig, "sparsity"), show_default=True,
+              help="Target sparsity of the block layers.")
+@click.option("--allocation", type=click.Choice(ALLOCATIONS), default=default(OneShotConfig, "allocation"),
+              show_default=True, help="How the sparsity is spread over blocks and rows.")
+@click.option("--owl-m", type=float, default=default(OneShotConfig, "owl_m"), show_default=True,
               help="OWL outlier threshold M (an entry is an outlier when its score exceeds M x the layer mean).")
-@click.option("--owl-lambda", type=float, default=0.08, show_default=True,
+@click.option("--owl-lambda", type=float, default=default(OneShotConfig, "owl_lambda"), show_default=True,
               help="OWL band half-width λ: block sparsities lie in [s-λ, s+λ].")
-@click.option("--steps", "neuroal_steps", type=click.Choice(["both", "block", "row"]), default="both",
-              show_default=True, help="NeuroAL steps.")
-@click.option("--group", type=click.Choice(["auto", "row", "layer"]), default="auto", show_default=True,
+@click.option("--steps", "neuroal_steps", type=click.Choice(NEUROAL_STEPS), default=default(OneShotConfig,
+              "neuroal_steps"), show_default=True, help="NeuroAL steps.")
+@click.option("--group", type=click.Choice(GROUPS), default=default(OneShotConfig, "group"), show_default=True,
               help="Comparison group (auto: layer for magnitude, row for wanda).")
-@click.option("--calibration", default="ptb", show_default=True, help="ptb (Penn Treebank train) or a text file.")
-@click.option("--n-calibration", type=int, default=64, show_default=True, help="Calibration windows (final pass).")
-@click.option("--n-search", type=int, default=8, show_default=True, help="Windows for the NeuroAL λ search.")
-@click.option("--seq-len", type=int, default=512, show_default=True, help="Tokens per calibration window.")
-@click.option("--eval-tokens", type=int, default=16384, show_default=True,
+@click.option("--calibration", default=default(OneShotConfig, "calibration"), show_default=True,
+              help="ptb (Penn Treebank train) or a text file.")
+@click.option("--n-calibration", type=int, default=default(OneShotConfig, "n_calibration"), show_default=True,
+              help="Calibration windows (final pass).")
+@click.option("--n-search", type=int, default=default(OneShotConfig, "n_search"), show_default=True,
+              help="Windows for the NeuroAL λ search.")
+@click.option("--seq-len", type=int, default=default(OneShotConfig, "seq_len"), show_default=True,
+              help="Tokens per calibration window.")
+@click.option("--eval-tokens", type=int, default=default(EvalConfig, "eval_tokens"), show_default=True,
               help="PTB-test tokens for perplexity (0: all).")
 @click.option("--eval/--no-eval", "evaluate", default=True, show_default=True, help="Measure perplexity.")
-@click.option("--window", type=int, default=512, show_default=True, help="Perplexity window.")
-@click.option("--stride", type=int, default=None, help="Perplexity stride [window].")
-@click.option("--analyze/--no-analyze", "analyze_topology", default=True, show_default=True,
-              help="Topology reports of the dense and the pruned model, and their comparison.")
-@click.option("--fits/--no-fits", default=True, show_default=True, help="Power-law fits in the reports.")
-@click.option("--modularity/--no-modularity", default=False, show_default=True,
+@click.option("--window", type=int, default=default(EvalConfig, "window"), show_default=True,
+              help="Perplexity window.")
+@click.option("--stride", type=int, default=default(EvalConfig, "stride"), help="Perplexity stride [window].")
+@click.option("--analyze/--no-analyze", "analyze_topology", default=default(EvalConfig, "analyze"),
+              show_default=True, help="Topology reports of the dense and the pruned model, and their comparison.")
+@click.option("--fits/--no-fits", default=default(EvalConfig, "fits"), show_default=True,
+              help="Power-law fits in the reports.")
+@click.option("--modularity/--no-modularity", default=default(EvalConfig, "modularity"), show_default=True,
               help="Leiden modularity of every matrix in the reports.")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Windows per forward pass.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=default(OneShotConfig, "batch_size"), show_default=True,
+              help="Windows per forward pass.")
+@click.option("--seed", type=int, default=default(OneShotConfig, "seed"), show_default=True)
 @click.option("-o", "--out", type=click.Path(path_type=str), default="topoprune-oneshot", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT when it holds an earlier topoprune output.")
 def oneshot(model, method, sparsity, allocation, owl_m, owl_lambda, neuroal_steps, group, calibration, n_calibration,
@@ -338,15 +366,14 @@ def oneshot(model, method, sparsity, allocation, owl_m, owl_lambda, neuroal_step
     tiny-opt / tiny-llama / tiny-gpt2. Writes OUT/model, masks.safetensors, topoprune.json,
     topology reports of the dense and pruned model, compare.csv and figures.
     """
-    from ..oneshot.prune import OneShotConfig
     from ..oneshot.run import run_oneshot
 
     cfg = OneShotConfig(method=method, sparsity=sparsity, allocation=allocation, owl_m=owl_m, owl_lambda=owl_lambda,
                         neuroal_steps=neuroal_steps, group=group, calibration=calibration, n_calibration=n_calibration,
                         n_search=n_search, seq_len=seq_len, seed=seed, batch_size=batch_size)
-    record = run_oneshot(model, out, cfg, eval_tokens=eval_tokens if evaluate else None, window=window,
-                         stride=stride, analyze=analyze_topology, fits=fits, modularity=modularity,
-                         overwrite=overwrite, progress=sys.stderr.isatty())
+    evaluation = EvalConfig(eval_tokens=eval_tokens if evaluate else None, window=window, stride=stride,
+                            analyze=analyze_topology, fits=fits, modularity=modularity)
+    record = run_oneshot(model, out, cfg, evaluation, overwrite=overwrite, progress=sys.stderr.isatty())
     ppl = record["perplexity"]
     lams = ", ".join(f"λ_{k} {record[f'lambda_{k}']:.2f}" for k in ("block", "row")
                      if record.get(f"lambda_{k}") is not None)

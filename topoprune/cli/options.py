@@ -6,6 +6,7 @@ Each bad option is a :class:`~topoprune.errors.ConfigError` naming it: ``--densi
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -13,6 +14,12 @@ from ..errors import CheckpointError, ConfigError
 
 #: Largest block index ``--layers`` accepts.
 MAX_BLOCK = 99_999
+
+
+def default(cls, name: str):
+    """The default of field ``name`` of the config dataclass ``cls``: every CLI default has that one home."""
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return field.default if field.default is not dataclasses.MISSING else field.default_factory()
 
 
 def parse_layers(text: str | None):

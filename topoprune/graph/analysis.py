@@ -1,4 +1,6 @@
-"""``analyze(checkpoint) -> DataFrame``: one tidy row per weight matrix; ``summarize(df)``.
+"""``analyze(checkpoint) -> DataFrame``: one tidy row per weight matrix (its columns, the
+:class:`~topoprune.graph.report.Report` and :func:`~topoprune.graph.report.summarize` are in
+:mod:`topoprune.graph.report`).
 
 The pipeline streams the checkpoint one tensor at a time: load -> orient/split
 (:mod:`~topoprune.graph.roles`) -> bipartite graph (:mod:`~topoprune.graph.bipartite`) -> degree statistics
@@ -16,7 +18,6 @@ import dataclasses
 import logging
 from collections import defaultdict
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -27,10 +28,12 @@ from .. import __version__
 from .config import AnalysisConfig, ConfigError, GraphConfig
 from ..errors import CheckpointError, TensorError
 from .fits import fit_degrees
-from .bipartite import BipartiteGraph, LayeredGraph, _csr, attention_graph, mlp_graph, select_edges, stack
+from .binding import canonical
+from .bipartite import BipartiteGraph, LayeredGraph, attention_graph, from_mask, mlp_graph, select_edges, stack
 from .guards import analysis_bytes, check_memory
 from .loading import open_checkpoint
 from .metrics import degree_stats, edge_modularity
+from .report import COLUMNS, Report
 from .roles import ROLES, MatrixSpec, describe
 from .workers import Inline as _Inline
 from .workers import executor as _executor
@@ -38,46 +41,6 @@ from .workers import n_workers, stop  # noqa: F401  (n_workers: part of this mod
 from .workers import worker_init as _one_thread  # noqa: F401  (the workers' initializer)
 
 log = logging.getLogger(__name__)
-
-ID_COLUMNS = ["name", "tensor", "role", "component", "block", "side", "n_out", "n_in",
-              "n_heads", "n_kv_heads", "head_dim", "status"]
-_STATS = ["n", "mean", "sd", "conn_mean", "conn_sd", "gini", "max", "dead", "strength_mean", "strength_sd",
-          "strength_gini"]
-_FIT = ["alpha", "xmin", "sigma", "ks_d", "n_tail", "R_lognormal", "p_lognormal", "R_exponential",
-        "p_exponential", "R_truncated_power_law", "p_truncated_power_law", "verdict"]
-#: Column schema of :func:`analyze`, declared once. ``in_*`` describe output neurons'
-#: fan-in (rows of W), ``out_*`` input neurons' fan-out (columns of W).
-COLUMNS = (ID_COLUMNS + ["edge_mode", "n_edges", "edge_density", "zero_fraction", "max_abs"]
-           + [f"{side}_{c}" for side in ("in", "out") for c in _STATS + _FIT]
-           + ["modularity", "n_communities"])
-
-
-@dataclass
-class Report:
-    """Everything an analysis produced; what ``topoprune analyze --out`` saves.
-
-    Attributes
-    ----------
-    matrices : DataFrame
-        One row per matrix (:data:`COLUMNS`); the table :func:`analyze` returns.
-    layered : DataFrame
-        One row per block graph (attention / MLP layered graphs) when
-        ``block_modularity`` is set, else empty.
-    degrees : dict
-        ``name -> (in_degree [out], out_degree [in])`` int arrays, for CCDF plots.
-    patterns : dict
-        ``name -> [h, w]`` float32 edge-density maps (share of entries that are edges per
-        cell, at most ``pattern_size`` a side) for sparsity-pattern images.
-    meta : dict
-        ``config``, ``version``, ``source``, ``model_type``, ``known_layout``.
-    """
-
-    matrices: pd.DataFrame
-    layered: pd.DataFrame = field(default_factory=pd.DataFrame)
-    degrees: dict = field(default_factory=dict)
-    patterns: dict = field(default_factory=dict)
-    meta: dict = field(default_factory=dict)
-
 
 def edge_density_map(mask: torch.Tensor, size: int) -> np.ndarray:
     """Share of edges per cell of a ``<= size x size`` grid over a boolean mask."""
@@ -103,9 +66,8 @@ def _config_from(config: AnalysisConfig | None, density, threshold, **overrides)
 
 
 def _matrix(tensor: torch.Tensor, spec: MatrixSpec) -> torch.Tensor:
-    w = tensor.t() if spec.transpose else tensor
-    if spec.rows is not None:
-        w = torch.cat([w[a:b] for a, b in spec.rows]) if len(spec.rows) > 1 else w[spec.rows[0][0]:spec.rows[0][1]]
+    """The ``[out, in]`` matrix ``spec`` describes in a loaded tensor, as float32 (or float64)."""
+    w = canonical(tensor, spec)
     if w.dtype not in (torch.float32, torch.float64):
         w = w.float()
     return w
@@ -156,7 +118,7 @@ def matrix_row(w: torch.Tensor, spec: MatrixSpec, config: AnalysisConfig, execut
             raise
         row["status"] = "nonfinite"
         return row, None, None
-    g = BipartiteGraph(_csr(sel.mask, w), spec.name)
+    g = from_mask(sel.mask, w, name=spec.name)
     if patterns is not None and config.pattern_size:
         patterns[spec.name] = edge_density_map(sel.mask, config.pattern_size)
     row.update(zero_fraction=sel.zero_fraction, max_abs=sel.max_abs, edge_mode=sel.mode, n_edges=g.n_edges,
@@ -360,53 +322,3 @@ def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, desc="analyze", unit="matrix", leave=False, dynamic_ncols=True)
-
-
-def summarize(df, layered: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per-role, per-block and whole-model summaries of an :func:`analyze` table.
-
-    Parameters
-    ----------
-    df : DataFrame or Report
-        The per-matrix table (or a :class:`Report`, whose layered graphs are then used).
-    layered : DataFrame, optional
-        Layered-graph rows; their modularity joins the block rows.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Rows with ``level`` in ``{"role", "block", "model"}`` and the group key in
-        ``key``; numeric columns are means over the group's matrices (WeightWatcher-style),
-        plus ``n_matrices``, ``n_edges_total`` and the share of ``power_law`` verdicts.
-    """
-    if isinstance(df, Report):
-        df, layered = df.matrices, df.layered if layered is None else layered
-    ok = df[df["status"] == "ok"]
-    numeric = [c for c in df.columns if c not in ID_COLUMNS and c not in ("edge_mode",)
-               and pd.api.types.is_numeric_dtype(df[c])]
-    parts = []
-    groupings = [("role", ok["role"]), ("block", ok["side"].astype(str) + ":" + ok["block"].astype(str)),
-                 ("model", pd.Series("model", index=ok.index))]
-    for level, key in groupings:
-        if ok.empty:
-            break
-        grp = ok.groupby(key, sort=True)
-        summ = grp[numeric].mean()
-        summ.insert(0, "n_matrices", grp.size())
-        summ.insert(1, "n_edges_total", grp["n_edges"].sum())
-        for side in ("in", "out"):
-            summ[f"{side}_power_law_share"] = grp[f"{side}_verdict"].apply(lambda v: float((v == "power_law").mean()))
-        summ = summ.reset_index(names="key")
-        summ.insert(0, "level", level)
-        parts.append(summ)
-    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["level", "key"])
-    if layered is not None and len(layered):
-        whole = layered[layered["component"] == "model"]
-        if len(whole):
-            out.loc[out["level"] == "model", "layered_modularity_model"] = float(whole["modularity"].mean())
-        lay = layered[layered["component"] != "model"]
-        out = out.merge(
-            lay.pivot_table(index=lay["side"].astype(str) + ":" + lay["block"].astype(str), columns="component",
-                            values="modularity").add_prefix("layered_modularity_").reset_index(names="key")
-            .assign(level="block"), on=["level", "key"], how="left")
-    return out

@@ -13,6 +13,8 @@ from ..errors import ConfigError
 
 #: What a matrix's edges are, see :func:`topoprune.graph.bipartite.edge_mask`.
 EDGE_MODES = ("auto", "density", "threshold", "nonzero")
+#: What a matrix with NaN/Inf entries does to an analysis.
+NONFINITE = ("error", "flag")
 #: Largest worker count accepted (the analysis also caps it at the CPUs and the matrices).
 MAX_JOBS = 256
 #: Alternatives the power law is compared with by log-likelihood ratio.
@@ -179,7 +181,7 @@ class AnalysisConfig:
     pattern_size: int = 128
 
     def __post_init__(self):
-        if self.nonfinite not in ("error", "flag"):
+        if self.nonfinite not in NONFINITE:
             raise ConfigError(f"nonfinite must be 'error' or 'flag', got {self.nonfinite!r}")
         if (not isinstance(self.n_jobs, int) or isinstance(self.n_jobs, bool)
                 or not (1 <= self.n_jobs <= MAX_JOBS or self.n_jobs == -1)):

@@ -40,10 +40,6 @@ from scipy.special import zeta
 
 from .config import FitConfig
 
-VERDICTS = ("power_law", "lognormal", "exponential", "truncated_power_law", "inconclusive", "too_few_points",
-            "constant")
-
-
 @dataclass(frozen=True)
 class PowerLawFit:
     """Result of :func:`fit_degrees`; NaN fields where no fit was possible."""

@@ -22,7 +22,7 @@ free-form JSON metadata and restore exactly (:meth:`MaskSet.load`); under
 :func:`select_keep` is the deterministic top-k selection used for target sparsities
 (gradual magnitude pruning, Zhu & Gupta 2017, arXiv 1710.01878, and NeuroPrune's
 attachment-weighted variant, Dhurandhar et al. 2024, arXiv 2404.01306).
-:func:`canonical` / :func:`write_canonical` give the ``[out, in]`` piece of a stored tensor
+:func:`topoprune.graph.binding.canonical` / :func:`~topoprune.graph.binding.write_canonical` give the ``[out, in]`` piece of a stored tensor
 described by a :class:`topoprune.graph.roles.MatrixSpec` (GPT-2 ``Conv1D`` transposed, fused
 q/k/v or gate/up split by row ranges).
 """
@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, ConfigError, TensorError
+from .binding import piece_mask
 from .bipartite import top_k_mask
 from ..io import short
 
@@ -47,6 +48,10 @@ META_KEY = "topoprune_masks"
 #: Key prefix of the extra (non-mask) tensors stored next to the masks.
 EXTRA_PREFIX = "extra::"
 FORMAT = "topoprune.masks/1"
+
+
+class MaskMismatch(ConfigError, TensorError):
+    """A mask that does not fit the model: no such parameter, or another shape."""
 
 
 def _dist_ready() -> bool:
@@ -60,69 +65,6 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def canonical(tensor: torch.Tensor, spec) -> torch.Tensor:
-    """The ``[out, in]`` piece of a stored tensor that ``spec`` describes.
-
-    Parameters
-    ----------
-    tensor : torch.Tensor
-        The parameter (or its gradient or mask) in stored layout: ``[out, in]`` for
-        ``nn.Linear``, ``[in, out]`` for ``Conv1D`` (``spec.transpose``), or a 1-D bias
-        ``[out]`` (never transposed).
-    spec : MatrixSpec or any object with ``transpose`` and ``rows``
-        ``rows``: row ranges of the ``[out, in]`` tensor forming the piece (fused q/k/v,
-        gate/up), ``None`` for the whole tensor.
-
-    Returns
-    -------
-    torch.Tensor, shape [n_rows, in] (or [n_rows] for a bias)
-        A view when there is at most one row range (slicing and ``.t()`` keep the autograd
-        link to a ``Parameter``); a differentiable concatenation of views otherwise
-        (interleaved fused layouts), which must be written back with
-        :func:`write_canonical`.
-    """
-    c = tensor.t() if (spec.transpose and tensor.ndim == 2) else tensor
-    rows = spec.rows
-    if rows is None:
-        return c
-    if len(rows) == 1:
-        a, b = rows[0]
-        return c[a:b]
-    return torch.cat([c[a:b] for a, b in rows], dim=0)
-
-
-def write_canonical(tensor: torch.Tensor, spec, value: torch.Tensor) -> None:
-    """Copy ``value`` (the ``[out, in]`` piece) into ``tensor`` in place; inverse of :func:`canonical`."""
-    c = tensor.t() if (spec.transpose and tensor.ndim == 2) else tensor
-    with torch.no_grad():
-        if spec.rows is None:
-            c.copy_(value)
-            return
-        offset = 0
-        for a, b in spec.rows:
-            c[a:b] = value[offset:offset + b - a]
-            offset += b - a
-
-
-def piece_mask(like: torch.Tensor, spec, piece, base=True) -> torch.Tensor:
-    """A boolean mask of ``like``'s stored shape: ``base`` outside the piece ``spec``, ``piece`` in it.
-
-    Parameters
-    ----------
-    like : torch.Tensor
-        The parameter (shape and device are taken from it).
-    spec : MatrixSpec or any object with ``transpose`` and ``rows``
-    piece : bool or torch.BoolTensor
-        Broadcast to the piece's ``[out, in]`` (or ``[out]`` for a bias) shape, e.g. a row
-        mask ``[out, 1]`` or a column mask ``[1, in]``.
-    base : bool or torch.BoolTensor
-        Value outside the piece; a tensor of ``like``'s shape is written into in place.
-    """
-    full = base if isinstance(base, torch.Tensor) else torch.full_like(like, bool(base), dtype=torch.bool)
-    write_canonical(full, spec, torch.as_tensor(piece, device=full.device).expand(canonical(full, spec).shape))
-    return full
 
 
 def select_keep(weight: torch.Tensor, keep_fraction: float, scores: torch.Tensor | None = None, *,
@@ -279,11 +221,31 @@ class MaskSet:
         old &= new.to(old.device)
         return before - int(old.sum())
 
+    def update_piece(self, binding, spec, keep, *, bias: bool = False) -> int:
+        """:meth:`update` with ``keep`` given for one ``[out, in]`` piece of a bound model's tensor.
+
+        Parameters
+        ----------
+        binding : topoprune.graph.binding.Binding
+        spec : MatrixSpec
+            The piece (a fused tensor's q rows, a Conv1D weight, ...).
+        keep : bool or torch.BoolTensor
+            Broadcast to the piece (e.g. a row mask ``[out, 1]``); entries outside the piece
+            are left as they are.
+        bias : bool
+            Mask the piece's entries of the tensor's bias (``keep`` of shape ``[out]``) instead.
+        """
+        name = binding.bias_name(spec) if bias else spec.tensor
+        return self.update(name, piece_mask(binding.parameter(name), spec, keep))
+
     def _param(self, model: torch.nn.Module, name: str) -> torch.nn.Parameter:
-        p = model.get_parameter(name)
+        try:
+            p = model.get_parameter(name)
+        except AttributeError:
+            raise MaskMismatch(f"mask for {name!r} has no parameter in {type(model).__name__}") from None
         if p.shape != self.masks[name].shape:
-            raise TensorError(f"mask {name!r} has shape {tuple(self.masks[name].shape)}, "
-                              f"parameter {tuple(p.shape)}")
+            raise MaskMismatch(f"mask {name!r} has shape {tuple(self.masks[name].shape)}, "
+                               f"parameter {tuple(p.shape)}")
         return p
 
     def _mask_on(self, name: str, device) -> torch.Tensor:
@@ -300,10 +262,18 @@ class MaskSet:
                 p.grad.masked_fill_(~self._mask_on(name, p.grad.device), 0)
 
     def apply_to_weights(self, model: torch.nn.Module) -> None:
-        """``w[~mask] = 0`` in place for every masked parameter (after ``optimizer.step``)."""
+        """``w[~mask] = 0`` in place for every masked parameter (after ``optimizer.step``, or to
+        rebuild a pruned model from a dense one and a saved mask file).
+
+        Raises
+        ------
+        MaskMismatch
+            A mask for a parameter the model lacks, or of another shape (checked for every mask
+            before any weight is changed).
+        """
+        params = {name: self._param(model, name) for name in self.masks}
         with torch.no_grad():
-            for name in self.masks:
-                p = self._param(model, name)
+            for name, p in params.items():
                 p.masked_fill_(~self._mask_on(name, p.device), 0)
 
     def apply_to_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> int:

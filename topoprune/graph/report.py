@@ -1,9 +1,9 @@
-"""Save, load and compare analysis reports; every file is written atomically.
+"""The report of an analysis: its columns, the :class:`Report`, summaries, and save, load and compare.
 
-A report directory holds:
+Every file is written atomically. A report directory holds:
 
 =====================  ==========================================================
-``report.csv``         one row per matrix (:data:`topoprune.graph.analysis.COLUMNS`)
+``report.csv``         one row per matrix (:data:`COLUMNS`)
 ``summary.csv``        :func:`topoprune.summarize` (per role, per block, whole model)
 ``layered.csv``        block (layered) graphs, when ``block_modularity`` was set
 ``report.json``        all of the above plus ``config``, ``version``, ``source``
@@ -18,19 +18,107 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .analysis import COLUMNS, ID_COLUMNS, Report, summarize
 from ..errors import CheckpointError
 from ..io import atomic_path, short
 
-REPORT_FILES = ("report.csv", "summary.csv", "report.json", "degrees.safetensors", "patterns.safetensors")
 #: Columns every matrix row of a saved report must have (they key comparisons and figures).
 REQUIRED_COLUMNS = ("name", "role", "block", "side")
+#: Identity of a matrix: where it is, what it is, its shape and heads, and its analysis status.
+ID_COLUMNS = ["name", "tensor", "role", "component", "block", "side", "n_out", "n_in",
+              "n_heads", "n_kv_heads", "head_dim", "status"]
+_STATS = ["n", "mean", "sd", "conn_mean", "conn_sd", "gini", "max", "dead", "strength_mean", "strength_sd",
+          "strength_gini"]
+_FIT = ["alpha", "xmin", "sigma", "ks_d", "n_tail", "R_lognormal", "p_lognormal", "R_exponential",
+        "p_exponential", "R_truncated_power_law", "p_truncated_power_law", "verdict"]
+#: Column schema of :func:`analyze`, declared once. ``in_*`` describe output neurons'
+#: fan-in (rows of W), ``out_*`` input neurons' fan-out (columns of W).
+COLUMNS = (ID_COLUMNS + ["edge_mode", "n_edges", "edge_density", "zero_fraction", "max_abs"]
+           + [f"{side}_{c}" for side in ("in", "out") for c in _STATS + _FIT]
+           + ["modularity", "n_communities"])
+
+
+@dataclass
+class Report:
+    """Everything an analysis produced; what ``topoprune analyze --out`` saves.
+
+    Attributes
+    ----------
+    matrices : DataFrame
+        One row per matrix (:data:`COLUMNS`); the table :func:`analyze` returns.
+    layered : DataFrame
+        One row per block graph (attention / MLP layered graphs) when
+        ``block_modularity`` is set, else empty.
+    degrees : dict
+        ``name -> (in_degree [out], out_degree [in])`` int arrays, for CCDF plots.
+    patterns : dict
+        ``name -> [h, w]`` float32 edge-density maps (share of entries that are edges per
+        cell, at most ``pattern_size`` a side) for sparsity-pattern images.
+    meta : dict
+        ``config``, ``version``, ``source``, ``model_type``, ``known_layout``.
+    """
+
+    matrices: pd.DataFrame
+    layered: pd.DataFrame = field(default_factory=pd.DataFrame)
+    degrees: dict = field(default_factory=dict)
+    patterns: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+
+def summarize(df, layered: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per-role, per-block and whole-model summaries of an :func:`analyze` table.
+
+    Parameters
+    ----------
+    df : DataFrame or Report
+        The per-matrix table (or a :class:`Report`, whose layered graphs are then used).
+    layered : DataFrame, optional
+        Layered-graph rows; their modularity joins the block rows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows with ``level`` in ``{"role", "block", "model"}`` and the group key in
+        ``key``; numeric columns are means over the group's matrices (WeightWatcher-style),
+        plus ``n_matrices``, ``n_edges_total`` and the share of ``power_law`` verdicts.
+    """
+    if isinstance(df, Report):
+        df, layered = df.matrices, df.layered if layered is None else layered
+    ok = df[df["status"] == "ok"]
+    numeric = [c for c in df.columns if c not in ID_COLUMNS and c not in ("edge_mode",)
+               and pd.api.types.is_numeric_dtype(df[c])]
+    parts = []
+    groupings = [("role", ok["role"]), ("block", ok["side"].astype(str) + ":" + ok["block"].astype(str)),
+                 ("model", pd.Series("model", index=ok.index))]
+    for level, key in groupings:
+        if ok.empty:
+            break
+        grp = ok.groupby(key, sort=True)
+        summ = grp[numeric].mean()
+        summ.insert(0, "n_matrices", grp.size())
+        summ.insert(1, "n_edges_total", grp["n_edges"].sum())
+        for side in ("in", "out"):
+            summ[f"{side}_power_law_share"] = grp[f"{side}_verdict"].apply(lambda v: float((v == "power_law").mean()))
+        summ = summ.reset_index(names="key")
+        summ.insert(0, "level", level)
+        parts.append(summ)
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["level", "key"])
+    if layered is not None and len(layered):
+        whole = layered[layered["component"] == "model"]
+        if len(whole):
+            out.loc[out["level"] == "model", "layered_modularity_model"] = float(whole["modularity"].mean())
+        lay = layered[layered["component"] != "model"]
+        out = out.merge(
+            lay.pivot_table(index=lay["side"].astype(str) + ":" + lay["block"].astype(str), columns="component",
+                            values="modularity").add_prefix("layered_modularity_").reset_index(names="key")
+            .assign(level="block"), on=["level", "key"], how="left")
+    return out
 
 
 def _json_safe(obj):
@@ -47,7 +135,8 @@ def _json_safe(obj):
     return obj
 
 
-def _records(df: pd.DataFrame) -> list[dict]:
+def records(df: pd.DataFrame) -> list[dict]:
+    """The rows of ``df`` as JSON-ready dicts (NaN and infinities become ``None``)."""
     return _json_safe(df.to_dict(orient="records"))
 
 
@@ -65,8 +154,8 @@ def save_report(report: Report, out_dir, *, summary: pd.DataFrame | None = None)
     for name, table in files.items():
         with atomic_path(out / name) as tmp:
             table.to_csv(tmp, index=False)
-    doc = dict(report.meta, matrices=_records(report.matrices), summary=_records(summary),
-               layered=_records(report.layered))
+    doc = dict(report.meta, matrices=records(report.matrices), summary=records(summary),
+               layered=records(report.layered))
     with atomic_path(out / "report.json") as tmp:
         tmp.write_text(json.dumps(_json_safe(doc), indent=1, allow_nan=False))
     deg = {}

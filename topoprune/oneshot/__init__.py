@@ -8,6 +8,6 @@
 =================  ==============================================================
 """
 from .prune import OneShotConfig, OneShotResult, prune
-from .run import run_oneshot
+from .run import EvalConfig, run_oneshot
 
-__all__ = ["OneShotConfig", "OneShotResult", "prune", "run_oneshot"]
+__all__ = ["OneShotConfig", "OneShotResult", "EvalConfig", "prune", "run_oneshot"]

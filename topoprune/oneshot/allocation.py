@@ -27,7 +27,7 @@ Allocations of a global sparsity :math:`s` over :math:`L` blocks:
 Choice beyond the papers (parameter ``rebalance``, default on): clipping moves the mean
 sparsity off target; with ``rebalance`` a common shift :math:`c` is found by bisection so
 that :math:`\sum_i w_i \operatorname{clip}(v_i + c) = s \sum_i w_i` holds again (it changes
-nothing when no value is clipped, so the reference formulas are reproduced exactly there).
+nothing when no value is clipped, so the paper's formulas are reproduced exactly there).
 Keep counts are then rounded by largest remainder so each layer keeps exactly
 ``round(density * numel)`` entries.
 """

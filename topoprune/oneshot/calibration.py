@@ -15,20 +15,16 @@ import contextlib
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..graph.loading import from_module
-from ..graph.roles import ATTENTION_ROLES, MLP_ROLES, describe
+from ..graph.binding import Binding, Linear, Stack
 
 log = logging.getLogger(__name__)
-
-_CONTAINERS = {"layer", "layers", "h", "block", "blocks"}
-
 
 class CalibrationError(ConfigError):
     """Calibration text missing, empty or too short."""
@@ -105,80 +101,15 @@ def sample_windows(ids: torch.Tensor, n: int, length: int, seed: int = 0) -> tor
 
 
 # ----------------------------------------------------------------------------- blocks
-@dataclass
-class Linear:
-    """One prunable linear layer of a block (``weight`` viewed as [out, in])."""
-
-    name: str  # module path
-    param: str  # parameter name in model.named_parameters()
-    module: torch.nn.Module
-    role: str  # q, k, v, o, mlp_in, mlp_gate, mlp_up, mlp_out, fused or linear
-    n_heads: int = 0
-    n_kv_heads: int = 0
-    head_dim: int = 0
-
-    @property
-    def weight(self) -> torch.Tensor:
-        w = self.module.weight
-        return w.T if type(self.module).__name__ == "Conv1D" else w  # GPT-2 Conv1D stores [in, out]
-
-
-@dataclass
-class Blocks:
-    """The stack of transformer blocks of a causal LM and their prunable linear layers."""
-
-    container: str
-    layers: torch.nn.ModuleList
-    linears: list[list[Linear]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    def all(self):
-        return [lin for block in self.linears for lin in block]
-
-
-def find_blocks(model: torch.nn.Module) -> Blocks:
-    """The decoder blocks of ``model`` with their attention/MLP linear layers, named by role.
+def find_blocks(model: torch.nn.Module) -> Stack:
+    """The decoder blocks of ``model`` with their attention/MLP linear layers (:meth:`Binding.stack`).
 
     Raises
     ------
     ConfigError
         No recognisable attention/MLP blocks, or more than one stack (encoder-decoder).
     """
-    layout = describe(from_module(model))
-    modules = dict(model.named_modules())
-    by_tensor: dict[str, list] = {}
-    for spec in layout.specs:
-        if spec.block >= 0 and spec.role in ATTENTION_ROLES + MLP_ROLES + ("linear",):
-            by_tensor.setdefault(spec.tensor, []).append(spec)
-    containers, found = set(), {}
-    for tensor, specs in by_tensor.items():
-        parts = tensor.split(".")
-        idx = next((i for i in range(1, len(parts)) if parts[i].isdigit() and parts[i - 1] in _CONTAINERS), None)
-        module = modules.get(tensor.removesuffix(".weight"))
-        if idx is None or not tensor.endswith(".weight") or not hasattr(module, "weight"):
-            continue
-        containers.add(".".join(parts[:idx]))
-        role = specs[0].role if len(specs) == 1 and specs[0].rows is None else "fused"
-        s = specs[0]
-        found[tensor] = (int(parts[idx]), Linear(tensor.removesuffix(".weight"), tensor, module, role, s.n_heads,
-                                                 s.n_kv_heads, s.head_dim))
-    if not layout.known or not found:
-        raise ConfigError(f"{type(model).__name__}: no recognisable transformer blocks (attention/MLP layers) "
-                          "to prune")
-    if len(containers) != 1:
-        raise ConfigError(f"{type(model).__name__}: one-shot pruning needs one stack of decoder blocks, found "
-                          f"{sorted(containers)}")
-    container = containers.pop()
-    layers = model.get_submodule(container)
-    blocks = Blocks(container, layers, [[] for _ in range(len(layers))])
-    order = {n: i for i, (n, _) in enumerate(model.named_parameters())}
-    for tensor, (b, lin) in sorted(found.items(), key=lambda kv: order.get(kv[0], 0)):
-        blocks.linears[b].append(lin)
-    if any(not block for block in blocks.linears):
-        raise ConfigError(f"{type(model).__name__}: some blocks of {container} have no recognisable linear layers")
-    return blocks
+    return Binding(model).stack()
 
 
 # ----------------------------------------------------------------------------- capture and replay
@@ -196,7 +127,7 @@ class Chunk:
 
 
 @torch.inference_mode()
-def capture_inputs(model: torch.nn.Module, blocks: Blocks, windows: torch.Tensor, batch_size: int = 8) -> list[Chunk]:
+def capture_inputs(model: torch.nn.Module, blocks: Stack, windows: torch.Tensor, batch_size: int = 8) -> list[Chunk]:
     """Run the model up to its first block on ``windows`` [n, seq] and keep that block's inputs.
 
     The pre-hook raises after recording, so nothing past the embeddings is computed.

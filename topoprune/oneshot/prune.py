@@ -24,13 +24,13 @@ Row step producer -> consumer map (the drop measured at the consumer's input fea
 credited to the producer's output rows): q/k/v <- o input; o <- MLP input (gate/up/fc1);
 gate/up/fc1 <- down/fc2 input; down/fc2 <- the next block's q/k/v input.
 
-Choices where the reference is silent or where we differ from the original code (each a
-parameter of :class:`OneShotConfig`):
+Choices where the NeuroAL paper (arXiv 2411.07066) is silent or where we differ from its
+authors' code (each a parameter of :class:`OneShotConfig`):
 
 * ``gqa_rows="mean"``: with grouped-query attention, k/v rows get the drop averaged over the
   query heads sharing them (the original keeps the block ratio for Mistral's q/k/v);
 * ``down_rows="block_output"``: the MLP output projection's rows get the drop of the block's
-  own output statistic (the residual features they write). The reference credits them with
+  own output statistic (the residual features they write). The paper's code credits them with
   the drop at the next block's first layer, but that layer sees the same input in the dense
   and the sparse run of its block, so the drop is zero and they fall back to the block ratio
   (and the last block has no next block). Every fallback is reported in
@@ -39,7 +39,7 @@ parameter of :class:`OneShotConfig`):
   within each row; row-step allocations always compare within rows;
 * ``rebalance=True``: clipped allocations are shifted back to the exact target (see
   :mod:`topoprune.oneshot.allocation`); ties are broken by index, so runs are deterministic;
-* search windows are the first ``n_search`` of the calibration windows (the reference uses
+* search windows are the first ``n_search`` of the calibration windows (the paper uses
   8 x 2048 tokens for the search and 128 x 2048 for the final pass; the CPU defaults here
   are 8 x 512 and 64 x 512).
 """
@@ -54,15 +54,23 @@ import numpy as np
 import torch
 
 from . import allocation as al
-from .calibration import Blocks, Chunk, Linear, capture_inputs, find_blocks, run_block
+from ..graph.binding import Linear, Stack, piece_mask
+from .calibration import Chunk, capture_inputs, find_blocks, run_block
 from ..errors import ConfigError, TensorError
 from ..graph.bipartite import row_top_k_mask, top_k_mask
 from ..graph.masks import MaskSet
 
 log = logging.getLogger(__name__)
 
-METHODS = ("magnitude", "wanda")
+#: Base pruners: the score that decides *what* is pruned.
+PRUNERS = ("magnitude", "wanda")
+#: Allocations: *how much* is pruned where.
 ALLOCATIONS = ("uniform", "owl", "neuroal")
+#: NeuroAL's steps, comparison groups, and the choices where the NeuroAL paper is silent.
+NEUROAL_STEPS = ("both", "block", "row")
+GROUPS = ("auto", "row", "layer")
+GQA_ROWS = ("mean", "block")
+DOWN_ROWS = ("block_output", "next_input")
 #: Key prefix of a block's output statistic drop in the ``diffs`` of a candidate evaluation.
 BLOCK_OUTPUT = "block-output:"
 _CONSUMER = {"q": ("o",), "k": ("o",), "v": ("o",), "o": ("mlp_gate", "mlp_in", "mlp_up"),
@@ -85,7 +93,7 @@ class OneShotConfig:
     group : {"auto", "row", "layer"}
         Comparison group of uniform-per-layer masks ("auto": layer for magnitude, row for Wanda).
     block_grid, row_grid : tuple of float, optional
-        λ grids (default: the reference's, :data:`topoprune.oneshot.allocation.BLOCK_GRID` / ``ROW_GRID``).
+        λ grids (default: the paper's, :data:`topoprune.oneshot.allocation.BLOCK_GRID` / ``ROW_GRID``).
     owl_m, owl_lambda : float
         OWL's outlier threshold M (5) and band half-width λ (0.08).
     clip : (float, float)
@@ -96,7 +104,7 @@ class OneShotConfig:
         Row step for k/v under grouped-query attention: head-averaged drop, or block ratio.
     down_rows : {"block_output", "next_input"}
         Drop credited to the rows of the MLP's output projection: measured on the block's
-        output (the residual features those rows write), or, as in the reference, at the next
+        output (the residual features those rows write), or, as in the paper's code, at the next
         block's first layer -- whose input is the same in the dense and the sparse run of that
         block, so the drop is zero and the rows keep the block ratio.
     calibration : str
@@ -108,7 +116,7 @@ class OneShotConfig:
 
     method: str = "wanda"
     sparsity: float = 0.5
-    allocation: str = "uniform"
+    allocation: str = "neuroal"
     neuroal_steps: str = "both"
     group: str = "auto"
     block_grid: tuple[float, ...] | None = None
@@ -128,11 +136,9 @@ class OneShotConfig:
 
     def __post_init__(self):
         al.check_sparsity(self.sparsity)
-        for name, value, allowed in (("method", self.method, METHODS), ("allocation", self.allocation, ALLOCATIONS),
-                                     ("neuroal_steps", self.neuroal_steps, ("both", "block", "row")),
-                                     ("group", self.group, ("auto", "row", "layer")),
-                                     ("gqa_rows", self.gqa_rows, ("mean", "block")),
-                                     ("down_rows", self.down_rows, ("block_output", "next_input"))):
+        for name, value, allowed in (("method", self.method, PRUNERS), ("allocation", self.allocation, ALLOCATIONS),
+                                     ("neuroal_steps", self.neuroal_steps, NEUROAL_STEPS), ("group", self.group, GROUPS),
+                                     ("gqa_rows", self.gqa_rows, GQA_ROWS), ("down_rows", self.down_rows, DOWN_ROWS)):
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         lo, hi = self.clip
@@ -198,8 +204,7 @@ def layer_mask(scores: torch.Tensor, row_sparsity, group: str = "row") -> torch.
 
 
 def _apply(lin: Linear, mask: torch.Tensor) -> None:
-    with torch.no_grad():
-        lin.weight.mul_(mask.to(lin.weight.device, lin.weight.dtype))
+    lin.write(lin.weight * mask.to(lin.weight.device, lin.weight.dtype))
 
 
 def _plan_of(b: int, lin: Linear, block_s, rows: dict | None):
@@ -209,7 +214,7 @@ def _plan_of(b: int, lin: Linear, block_s, rows: dict | None):
 
 
 # ----------------------------------------------------------------------------- row-step drops
-def row_drops(blocks: Blocks, diffs: dict[str, torch.Tensor], gqa_rows: str = "mean",
+def row_drops(blocks: Stack, diffs: dict[str, torch.Tensor], gqa_rows: str = "mean",
               down_rows: str = "block_output"):
     """Per-row activation drops :math:`d_j` for every producer layer, and the layers that fall back.
 
@@ -224,21 +229,23 @@ def row_drops(blocks: Blocks, diffs: dict[str, torch.Tensor], gqa_rows: str = "m
         nxt = blocks.linears[b + 1] if b + 1 < len(blocks.linears) else []
         for lin in lins:
             if lin.role == "mlp_out" and down_rows == "block_output" and f"{BLOCK_OUTPUT}{b}" in diffs:
-                consumer = Linear(f"{BLOCK_OUTPUT}{b}", "", lin.module, "output")
+                consumer = f"{BLOCK_OUTPUT}{b}"
                 why = ""
             elif lin.role == "mlp_out":
-                consumer = next((n for n in nxt if n.role in ("q", "k", "v", "fused")), None)
+                consumer = next((n.name for n in nxt if set(n.roles) & {"q", "k", "v"}), None)
                 why = "no consumer (last block)" if not nxt else "no attention input in the next block"
+            elif lin.fused:
+                consumer, why = None, "fused projection"
             else:
-                consumer = next((by_role[r] for r in _CONSUMER.get(lin.role, ()) if r in by_role), None)
-                why = "fused projection" if lin.role == "fused" else f"no consumer for role {lin.role!r}"
+                consumer = next((by_role[r].name for r in _CONSUMER.get(lin.role, ()) if r in by_role), None)
+                why = f"no consumer for role {lin.role!r}"
             if consumer is None:
                 fallbacks[lin.name] = why
                 continue
-            d = diffs[consumer.name].double()
+            d = diffs[consumer].double()
             rows = lin.weight.shape[0]
             if not bool(d.any()):
-                fallbacks[lin.name] = f"all-zero alignment vector at {consumer.name}"
+                fallbacks[lin.name] = f"all-zero alignment vector at {consumer}"
             elif d.numel() == rows:
                 drops[lin.name] = d.cpu().numpy()
             elif lin.role in ("k", "v") and lin.n_kv_heads and lin.n_heads % lin.n_kv_heads == 0 \
@@ -253,7 +260,7 @@ def row_drops(blocks: Blocks, diffs: dict[str, torch.Tensor], gqa_rows: str = "m
     return drops, fallbacks
 
 
-def _row_plan(blocks: Blocks, block_s, drops: dict, lam: float, cfg: OneShotConfig) -> dict:
+def _row_plan(blocks: Stack, block_s, drops: dict, lam: float, cfg: OneShotConfig) -> dict:
     lo, hi = cfg.clip
     plan = {}
     for b, lins in enumerate(blocks.linears):
@@ -265,7 +272,7 @@ def _row_plan(blocks: Blocks, block_s, drops: dict, lam: float, cfg: OneShotConf
 
 
 # ----------------------------------------------------------------------------- passes
-def _evaluate(blocks: Blocks, chunks: list[Chunk], block_s, rows: dict | None, cfg: OneShotConfig):
+def _evaluate(blocks: Stack, chunks: list[Chunk], block_s, rows: dict | None, cfg: OneShotConfig):
     """Prune a candidate on sparse-propagated inputs, restore the weights; return ``(sum NA, diffs)``."""
     total, diffs, x = 0.0, {}, chunks
     for b, layer in enumerate(blocks.layers):
@@ -279,9 +286,8 @@ def _evaluate(blocks: Blocks, chunks: list[Chunk], block_s, rows: dict | None, c
                                        cfg.comparison if np.ndim(plan) == 0 else "row"))
             x, sparse, out_sparse = run_block(layer, x, lins, output_norm=True)
         finally:
-            with torch.no_grad():
-                for lin, w in zip(lins, saved):
-                    lin.weight.copy_(w)
+            for lin, w in zip(lins, saved):
+                lin.write(w)
         for lin in lins:
             total += al.alignment(dense[lin.name], sparse[lin.name])
             diffs[lin.name] = dense[lin.name] - sparse[lin.name]
@@ -289,7 +295,7 @@ def _evaluate(blocks: Blocks, chunks: list[Chunk], block_s, rows: dict | None, c
     return total, diffs
 
 
-def _outlier_ratios(blocks: Blocks, chunks: list[Chunk], m: float) -> list[float]:
+def _outlier_ratios(blocks: Stack, chunks: list[Chunk], m: float) -> list[float]:
     ratios, x = [], chunks
     for b, layer in enumerate(blocks.layers):
         x, stats, _ = run_block(layer, x, blocks.linears[b])
@@ -313,7 +319,7 @@ def _search(blocks, chunks, grid, make, cfg, desc, progress, known=None):
     return best, trace
 
 
-def _check_weights(blocks: Blocks) -> None:
+def _check_weights(blocks: Stack) -> None:
     for lin in blocks.all():
         if not bool(torch.isfinite(lin.weight).all()):
             raise TensorError(f"{lin.param}: weight contains NaN or Inf")
@@ -382,8 +388,8 @@ def prune(model: torch.nn.Module, windows: torch.Tensor, config: OneShotConfig, 
             mask = layer_mask(_scores(lin, (stats or {}).get(lin.name), cfg.method), plan,
                               cfg.comparison if np.ndim(plan) == 0 else "row")
             _apply(lin, mask)
-            transposed = type(lin.module).__name__ == "Conv1D"
-            masks.masks[lin.param] = (mask.T if transposed else mask).contiguous().cpu()
+            transposed = lin.transpose
+            masks.masks[lin.param] = piece_mask(lin.module.weight, lin, mask).cpu()  # in the stored layout
             kept = int(mask.sum())
             layers.append({"name": lin.param, "block": b, "role": lin.role, "transposed": transposed,
                            "numel": mask.numel(), "kept": kept,

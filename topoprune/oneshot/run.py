@@ -35,6 +35,7 @@ import dataclasses
 import json
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,20 +54,52 @@ def _analysis_config(density: float | None, fits: bool, modularity: bool):
     return AnalysisConfig(graph=graph, fits=fits, matrix_modularity=modularity, blocks_only=True)
 
 
-def run_oneshot(model: str, out, config: OneShotConfig, *, eval_tokens: int | None = 16384, window: int = 512,
-                stride: int | None = None, analyze: bool = True, fits: bool = True, modularity: bool = False,
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a one-shot run is evaluated and reported (the pruning itself is :class:`OneShotConfig`).
+
+    Parameters
+    ----------
+    eval_tokens : int or None
+        Penn Treebank test tokens for perplexity (``0``: the whole test set; ``None``: no
+        evaluation). The default keeps a CPU run to seconds on SmolLM2.
+    window, stride : int
+        Perplexity windows (see :func:`topoprune.oneshot.calibration.perplexity`; stride
+        ``None``: non-overlapping windows, the Wanda/SparseGPT protocol).
+    analyze, fits, modularity : bool
+        Topology reports of the dense and the pruned model (with power-law fits, with Leiden
+        modularity of every matrix: slow on a 135 M model, off by default).
+    """
+
+    eval_tokens: int | None = 16384
+    window: int = 512
+    stride: int | None = None
+    analyze: bool = True
+    fits: bool = True
+    modularity: bool = False
+
+    def __post_init__(self):
+        if self.eval_tokens is not None and self.eval_tokens < 0:
+            raise ConfigError(f"eval_tokens must be >= 0, got {self.eval_tokens}")
+        if self.eval_tokens is not None and (self.window < 2 or not 0 < (self.stride or self.window) <= self.window):
+            raise ConfigError(f"perplexity needs window >= 2 and 0 < stride <= window, got {self.window}, "
+                              f"{self.stride}")
+
+
+def run_oneshot(model: str, out, config: OneShotConfig, evaluation: EvalConfig | None = None, *,
                 overwrite: bool = False, progress: bool = False) -> dict:
     """Prune ``model`` once and write the run directory ``out``; return the ``topoprune.json`` record.
 
     Parameters
     ----------
-    eval_tokens : int or None
-        PTB-test tokens for perplexity (``0``: the whole test set; ``None``: no evaluation).
-    window, stride : int
-        Perplexity windows (see :func:`topoprune.oneshot.calibration.perplexity`).
-    analyze, fits, modularity : bool
-        Topology reports of the dense and the pruned model (with power-law fits, with Leiden
-        modularity of every matrix).
+    model : str
+        See :func:`topoprune.models.load_causal_lm`.
+    config : OneShotConfig
+        The pruning.
+    evaluation : EvalConfig, optional
+        Perplexity and topology reports (default: :class:`EvalConfig`).
+    overwrite : bool
+        Replace ``out`` when it holds an earlier topoprune output.
 
     Raises
     ------
@@ -75,15 +108,13 @@ def run_oneshot(model: str, out, config: OneShotConfig, *, eval_tokens: int | No
         model is loaded), a model that is not a causal LM or has no recognisable blocks, a
         calibration file that is missing, empty or not UTF-8 text -- all before any pruning.
     """
-    from .calibration import find_blocks, perplexity, read_text_file, sample_windows, text_ids
-    from ..io import OutputDir, atomic_path
     from ..graph.report import compare, save_report
+    from ..io import OutputDir, atomic_path
+    from .calibration import find_blocks, perplexity, read_text_file, sample_windows, text_ids
 
-    if eval_tokens is not None and eval_tokens < 0:
-        raise ConfigError(f"eval_tokens must be >= 0, got {eval_tokens}")
-    if eval_tokens is not None and (window < 2 or not 0 < (stride or window) <= window):
-        # checked here too, not only in perplexity(): that runs after the dense analysis
-        raise ConfigError(f"perplexity needs window >= 2 and 0 < stride <= window, got {window}, {stride}")
+    ev = evaluation or EvalConfig()
+    eval_tokens, window, stride = ev.eval_tokens, ev.window, ev.stride
+    analyze, fits, modularity = ev.analyze, ev.fits, ev.modularity
     reads = [p for p in (model, config.calibration) if p not in ("ptb", *BUILTIN)]
     target = OutputDir(out, kind="oneshot", overwrite=overwrite, reads=reads)  # before the model is loaded
     if config.calibration != "ptb":
@@ -141,7 +172,8 @@ def run_oneshot(model: str, out, config: OneShotConfig, *, eval_tokens: int | No
             rows.setdefault(r["role"], []).append((1 - m.mean(0 if r["transposed"] else 1)).numpy())
         row_sparsity = {k: np.concatenate(v) for k, v in rows.items()}
         if analyze:
-            from ..graph.analysis import analyze_report, summarize
+            from ..graph.analysis import analyze_report
+            from ..graph.report import summarize
 
             t = time.perf_counter()
             pruned_report = analyze_report(tmp / "model", config=_analysis_config(None, fits, modularity),
@@ -168,23 +200,3 @@ def run_oneshot(model: str, out, config: OneShotConfig, *, eval_tokens: int | No
         out = target.commit()
     log.info("one-shot run written to %s", out)
     return record
-
-
-def apply_masks(model: torch.nn.Module, masks) -> int:
-    """Zero ``model``'s weights outside ``masks`` (a :class:`MaskSet` or a path to one); return entries pruned."""
-    from ..graph.masks import MaskSet
-
-    masks = masks if isinstance(masks, MaskSet) else MaskSet.load(masks)
-    params = dict(model.named_parameters())
-    missing = [n for n in masks.names() if n not in params]
-    if missing:
-        raise ConfigError(f"mask for {missing[0]!r} has no parameter in {type(model).__name__}")
-    pruned = 0
-    with torch.no_grad():
-        for name, m in masks.masks.items():
-            p = params[name]
-            if tuple(p.shape) != tuple(m.shape):
-                raise ConfigError(f"mask {name!r} has shape {tuple(m.shape)}, parameter {tuple(p.shape)}")
-            p.mul_(m.to(p.device, p.dtype))
-            pruned += int((~m).sum())
-    return pruned

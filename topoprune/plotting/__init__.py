@@ -1,4 +1,4 @@
-"""Figures of a :class:`~topoprune.graph.analysis.Report`: degree CCDFs with fits, trends, patterns.
+"""Figures of a :class:`~topoprune.graph.report.Report`: degree CCDFs with fits, trends, patterns.
 
 Every ``plot_*`` function draws into ``ax``/``axes`` when given (else it makes a new
 figure with :mod:`matplotlib.pyplot`) and returns the Axes (or an array of Axes); none of

@@ -8,26 +8,26 @@ import pandas as pd
 
 from .common import (
     ROLE_LABELS,
-    _NO_AUTOSCALE,
-    _OVERLAYS,
-    _SIDE_LABELS,
-    _block_label,
-    _check_side,
-    _degrees_of,
-    _empty_panel,
-    _fit_config,
-    _fit_label,
-    _fit_params,
-    _log_axes,
-    _lognormal_ccdf,
-    _matrix_rows,
-    _new_axes,
-    _num,
-    _positive,
-    _power_law_ccdf,
-    _role_order,
-    _thin,
-    _verdict_text,
+    NO_AUTOSCALE,
+    OVERLAYS,
+    SIDE_LABELS,
+    block_label,
+    check_side,
+    degrees_of,
+    empty_panel,
+    report_fit_config,
+    fit_label,
+    fit_params,
+    log_axes,
+    lognormal_ccdf,
+    matrix_rows,
+    new_axes,
+    as_float,
+    positive_degrees,
+    power_law_ccdf,
+    role_order,
+    thin_points,
+    verdict_text,
 )
 
 
@@ -53,7 +53,7 @@ def ccdf(degrees) -> tuple[np.ndarray, np.ndarray]:
     >>> x.tolist(), p.tolist()
     ([1.0, 2.0, 3.0], [1.0, 0.5, 0.25])
     """
-    x = _positive(degrees)
+    x = positive_degrees(degrees)
     if x.size == 0:
         return np.empty(0), np.empty(0)
     values, counts = np.unique(x, return_counts=True)
@@ -62,7 +62,7 @@ def ccdf(degrees) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_ccdf(degrees, *, fit=None, side: str = "in", ax=None, label: str | None = None,
-              overlay=_OVERLAYS, color=None, legend: bool = True, max_points: int | None = 100, **kwargs):
+              overlay=OVERLAYS, color=None, legend: bool = True, max_points: int | None = 100, **kwargs):
     """Log-log CCDF of a degree sequence, with the fitted power law and a lognormal.
 
     Parameters
@@ -98,23 +98,23 @@ def plot_ccdf(degrees, *, fit=None, side: str = "in", ax=None, label: str | None
     -------
     matplotlib.axes.Axes
     """
-    _check_side(side)
+    check_side(side)
     if ax is None:
-        ax = _new_axes()[0, 0]
-    unknown = set(overlay or ()) - set(_OVERLAYS)
+        ax = new_axes()[0, 0]
+    unknown = set(overlay or ()) - set(OVERLAYS)
     if unknown:
-        raise ValueError(f"unknown overlay(s) {sorted(unknown)}; choose from {_OVERLAYS}")
-    x = _positive(degrees)
-    ax.set_xlabel(f"{_SIDE_LABELS[side]} $k$")
+        raise ValueError(f"unknown overlay(s) {sorted(unknown)}; choose from {OVERLAYS}")
+    x = positive_degrees(degrees)
+    ax.set_xlabel(f"{SIDE_LABELS[side]} $k$")
     ax.set_ylabel(r"$P(K \geq k)$")
     if x.size == 0:
-        return _empty_panel(ax, "no edges")
+        return empty_panel(ax, "no edges")
     xs, ps = ccdf(x)
     style = dict(ls="none", marker="o", ms=3, mfc="none", mew=0.7, alpha=0.85)
     style.update(kwargs)
-    ax.plot(*_thin(xs, ps, max_points), color=color, label=label, **style)
-    _log_axes(ax)
-    params = _fit_params(fit, side)
+    ax.plot(*thin_points(xs, ps, max_points), color=color, label=label, **style)
+    log_axes(ax)
+    params = fit_params(fit, side)
     verdict = params["verdict"] if params else ""
     usable = (params is not None and np.isfinite(params["alpha"]) and params["alpha"] > 1
               and np.isfinite(params["xmin"]) and params["xmin"] >= 1 and np.any(x >= params["xmin"]))
@@ -123,18 +123,18 @@ def plot_ccdf(degrees, *, fit=None, side: str = "in", ax=None, label: str | None
         scale = float(np.mean(x >= xmin))  # empirical P(K >= xmin)
         k = np.unique(np.round(np.geomspace(xmin, x.max(), 200)))  # integers, even in log k
         if "power_law" in overlay:
-            y = scale * _power_law_ccdf(k, params["alpha"], xmin)
+            y = scale * power_law_ccdf(k, params["alpha"], xmin)
             keep = y > 0
-            ax.plot(k[keep], y[keep], color="C3", lw=1.6, label=_fit_label(params), **_NO_AUTOSCALE)
+            ax.plot(k[keep], y[keep], color="C3", lw=1.6, label=fit_label(params), **NO_AUTOSCALE)
         if "lognormal" in overlay:
-            y = _lognormal_ccdf(x, xmin, k)
+            y = lognormal_ccdf(x, xmin, k)
             if y is not None:
                 y = scale * y
                 keep = y > 0
                 ax.plot(k[keep], y[keep], color="C0", lw=1.4, ls="--", label="lognormal (same tail)",
-                        **_NO_AUTOSCALE)
+                        **NO_AUTOSCALE)
         ax.axvline(xmin, color="0.6", lw=0.6, ls=":", zorder=0)
-    title = f"verdict: {_verdict_text(verdict)}" if verdict else None
+    title = f"verdict: {verdict_text(verdict)}" if verdict else None
     if legend and ax.get_legend_handles_labels()[0]:
         leg = ax.legend(loc="lower left", title=title, handlelength=1.8)
         if title:
@@ -175,43 +175,43 @@ def plot_role_ccdfs(report, side: str = "in", roles=None, axes=None, *, pooled_f
 
     from ..graph.fits import fit_degrees
 
-    _check_side(side)
+    check_side(side)
     m = report.matrices
-    present = _role_order(m["role"].dropna().unique()) if len(m) else []
+    present = role_order(m["role"].dropna().unique()) if len(m) else []
     roles = present if roles is None else [r for r in roles if r in present]
     n = max(len(roles), 1)
     if axes is None:
         ncols = min(n, 4)
-        axes = _new_axes(math.ceil(n / ncols), ncols)
+        axes = new_axes(math.ceil(n / ncols), ncols)
     flat = np.asarray(axes, dtype=object).ravel()
     if flat.size < n:
         raise ValueError(f"plot_role_ccdfs needs {n} axes, got {flat.size}")
     for ax in flat[n:]:
         ax.set_visible(False)
     if not roles:
-        _empty_panel(flat[0], "no matrices")
+        empty_panel(flat[0], "no matrices")
         return flat[:1]
     blocks = pd.to_numeric(m["block"], errors="coerce")
     blocks = blocks[blocks >= 0]
     bmin, bmax = (float(blocks.min()), float(blocks.max())) if len(blocks) else (0.0, 1.0)
     norm = Normalize(bmin, bmax if bmax > bmin else bmin + 1)
     cmap = colormaps["viridis"]
-    fit_config = _fit_config(report)
+    fit_config = report_fit_config(report)
     for ax, role in zip(flat, roles):
-        rows = _matrix_rows(report, role)
+        rows = matrix_rows(report, role)
         seqs = []
         for _, row in rows.iterrows():
-            deg = _degrees_of(report, row["name"], side)
-            if deg is None or not np.any(_positive(deg)):
+            deg = degrees_of(report, row["name"], side)
+            if deg is None or not np.any(positive_degrees(deg)):
                 continue
             seqs.append(deg)
             xs, ps = ccdf(deg)
-            block = _num(row.get("block"))
+            block = as_float(row.get("block"))
             c = cmap(norm(block)) if np.isfinite(block) and block >= 0 else "0.5"
-            ax.plot(*_thin(xs, ps, 150), color=c, lw=0.8, alpha=0.55)
+            ax.plot(*thin_points(xs, ps, 150), color=c, lw=0.8, alpha=0.55)
         title = f"{ROLE_LABELS.get(role, role)}"
         if not seqs:
-            _empty_panel(ax, "no edges")
+            empty_panel(ax, "no edges")
             ax.set_title(title)
             continue
         pooled = np.concatenate([np.asarray(s).ravel() for s in seqs])
@@ -220,7 +220,7 @@ def plot_role_ccdfs(report, side: str = "in", roles=None, axes=None, *, pooled_f
             fit = fit_degrees(pooled, fit_config)
         plot_ccdf(pooled, fit=fit, side=side, ax=ax, color="k", label=f"pooled, {len(seqs)} matri{'x' if len(seqs) == 1 else 'ces'}",
                   ms=2.5, mew=0.6)
-        ax.set_title(f"{title}: {_SIDE_LABELS[side]}")
+        ax.set_title(f"{title}: {SIDE_LABELS[side]}")
     if len(blocks) and bmax > bmin:
         fig = flat[0].figure
         sm = ScalarMappable(norm=norm, cmap=cmap)
@@ -251,13 +251,13 @@ def plot_block_grid(report, role: str = "mlp_in", side: str = "in", axes=None):
         One per matrix, ordered by (side, block); a single "no matrices" panel when the
         role is absent.
     """
-    _check_side(side)
-    rows = _matrix_rows(report, role)
+    check_side(side)
+    rows = matrix_rows(report, role)
     n = max(len(rows), 1)
     created = axes is None
     if created:
         ncols = min(n, 6)
-        axes = _new_axes(math.ceil(n / ncols), ncols, figsize=(2.9 * ncols, 2.6 * math.ceil(n / ncols)),
+        axes = new_axes(math.ceil(n / ncols), ncols, figsize=(2.9 * ncols, 2.6 * math.ceil(n / ncols)),
                          sharex=True, sharey=True)
     flat = np.asarray(axes, dtype=object).ravel()
     if flat.size < n:
@@ -265,15 +265,15 @@ def plot_block_grid(report, role: str = "mlp_in", side: str = "in", axes=None):
     for ax in flat[n:]:
         ax.set_visible(False)
     if rows.empty:
-        _empty_panel(flat[0], f"no {role} matrices")
+        empty_panel(flat[0], f"no {role} matrices")
         return flat[:1]
     several_sides = rows["side"].fillna("").nunique() > 1
     for ax, (_, row) in zip(flat, rows.iterrows()):
-        deg = _degrees_of(report, row["name"], side)
+        deg = degrees_of(report, row["name"], side)
         plot_ccdf(deg, fit=row, side=side, ax=ax, color="0.15", max_points=60)
-        ax.set_title(_block_label(row, several_sides))
+        ax.set_title(block_label(row, several_sides))
     if created:
-        flat[0].figure.suptitle(f"{ROLE_LABELS.get(role, role)}: {_SIDE_LABELS[side]} CCDF by block")
+        flat[0].figure.suptitle(f"{ROLE_LABELS.get(role, role)}: {SIDE_LABELS[side]} CCDF by block")
         _outer_labels(np.asarray(axes))
     return flat[:n]
 
@@ -291,7 +291,7 @@ def _outer_labels(grid: np.ndarray) -> None:
 # --------------------------------------------------------------------------- trends
 
 
-def _role_colors(roles) -> dict:
-    return {r: f"C{i % 10}" for i, r in enumerate(_role_order(roles))}
+def role_colors(roles) -> dict:
+    return {r: f"C{i % 10}" for i, r in enumerate(role_order(roles))}
 
 

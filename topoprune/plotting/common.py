@@ -16,10 +16,10 @@ ROLE_LABELS = {
     "mlp_in": "MLP in", "mlp_gate": "MLP gate", "mlp_up": "MLP up", "mlp_out": "MLP out",
     "embedding": "embedding", "lm_head": "LM head", "linear": "linear", "other": "other",
 }
-_SIDE_LABELS = {"in": "in-degree", "out": "out-degree"}
-_OVERLAYS = ("power_law", "lognormal")
+SIDE_LABELS = {"in": "in-degree", "out": "out-degree"}
+OVERLAYS = ("power_law", "lognormal")
 #: Fitted curves may run far below the data; the axis limits follow the data (and shared axes).
-_NO_AUTOSCALE = {"scalex": False, "scaley": False}
+NO_AUTOSCALE = {"scalex": False, "scaley": False}
 
 #: rcParams of :func:`save_figures` (paper figures: small fonts, text kept as text in SVG).
 PAPER_STYLE = {
@@ -42,7 +42,7 @@ def paper_style():
 # --------------------------------------------------------------------------- helpers
 
 
-def _new_axes(nrows: int = 1, ncols: int = 1, *, figsize=None, **kwargs):
+def new_axes(nrows: int = 1, ncols: int = 1, *, figsize=None, **kwargs):
     """A pyplot figure with a grid of axes (array, ``squeeze=False``)."""
     import matplotlib.pyplot as plt
 
@@ -51,7 +51,7 @@ def _new_axes(nrows: int = 1, ncols: int = 1, *, figsize=None, **kwargs):
     return axes
 
 
-def _num(value) -> float:
+def as_float(value) -> float:
     """``value`` as a float; NaN for None, strings and other non-numbers."""
     try:
         out = float(value)
@@ -60,7 +60,7 @@ def _num(value) -> float:
     return out
 
 
-def _fit_params(fit, side: str) -> dict | None:
+def fit_params(fit, side: str) -> dict | None:
     """``alpha, xmin, verdict`` from a dict, report row (``in_alpha``...) or PowerLawFit."""
     if fit is None:
         return None
@@ -78,22 +78,22 @@ def _fit_params(fit, side: str) -> dict | None:
         return None
 
     verdict = pick("verdict")
-    return {"alpha": _num(pick("alpha")), "xmin": _num(pick("xmin")),
+    return {"alpha": as_float(pick("alpha")), "xmin": as_float(pick("xmin")),
             "verdict": str(verdict) if verdict not in (None, "") else ""}
 
 
-def _positive(degrees) -> np.ndarray:
+def positive_degrees(degrees) -> np.ndarray:
     x = np.asarray(degrees if degrees is not None else [], dtype=np.float64).ravel()
     return x[np.isfinite(x) & (x > 0)]
 
 
-def _power_law_ccdf(k: np.ndarray, alpha: float, xmin: float) -> np.ndarray:
+def power_law_ccdf(k: np.ndarray, alpha: float, xmin: float) -> np.ndarray:
     from scipy.special import zeta
 
     return zeta(alpha, k) / zeta(alpha, xmin)
 
 
-def _lognormal_ccdf(x: np.ndarray, xmin: float, k: np.ndarray) -> np.ndarray | None:
+def lognormal_ccdf(x: np.ndarray, xmin: float, k: np.ndarray) -> np.ndarray | None:
     """Discrete lognormal fitted by powerlaw to ``x >= xmin``, as ``P(K >= k | K >= xmin)``."""
     import powerlaw
     from scipy.special import log_ndtr
@@ -119,7 +119,7 @@ def _lognormal_ccdf(x: np.ndarray, xmin: float, k: np.ndarray) -> np.ndarray | N
     return out if np.all(np.isfinite(out)) else None
 
 
-def _log_axes(ax) -> None:
+def log_axes(ax) -> None:
     """Log-log axes; degrees as plain numbers (1, 10, 30, 100), probabilities as powers of 10."""
     from matplotlib.ticker import FuncFormatter, LogFormatter, LogLocator, NullFormatter
 
@@ -142,7 +142,7 @@ def _power_of_ten(value, _pos=None) -> str:
     return "1" if e == 0 else f"$10^{{{e}}}$"
 
 
-def _thin(xs: np.ndarray, ps: np.ndarray, max_points: int | None):
+def thin_points(xs: np.ndarray, ps: np.ndarray, max_points: int | None):
     """At most ~``max_points`` CCDF points, spread evenly in log x (display only)."""
     if not max_points or xs.size <= max_points:
         return xs, ps
@@ -151,20 +151,20 @@ def _thin(xs: np.ndarray, ps: np.ndarray, max_points: int | None):
     return xs[idx], ps[idx]
 
 
-def _fit_label(params: dict) -> str:
+def fit_label(params: dict) -> str:
     return f"power law: $\\alpha$ = {params['alpha']:.2f}, $k_{{min}}$ = {params['xmin']:g}"
 
 
-def _verdict_text(verdict: str) -> str:
+def verdict_text(verdict: str) -> str:
     return verdict.replace("_", " ")
 
 
-def _role_order(roles) -> list[str]:
+def role_order(roles) -> list[str]:
     known = [r for r in ROLES if r in set(roles)]
     return known + sorted(set(roles) - set(known))
 
 
-def _matrix_rows(report, role: str | None = None) -> pd.DataFrame:
+def matrix_rows(report, role: str | None = None) -> pd.DataFrame:
     m = report.matrices
     if role is not None:
         m = m[m["role"] == role]
@@ -174,26 +174,26 @@ def _matrix_rows(report, role: str | None = None) -> pd.DataFrame:
     return key.sort_values(["_side", "_block", "name"], kind="stable").drop(columns=["_side", "_block"])
 
 
-def _degrees_of(report, name: str, side: str):
+def degrees_of(report, name: str, side: str):
     pair = report.degrees.get(name)
     if pair is None:
         return None
     return pair[0 if side == "in" else 1]
 
 
-def _check_side(side: str) -> int:
-    if side not in _SIDE_LABELS:
+def check_side(side: str) -> int:
+    if side not in SIDE_LABELS:
         raise ValueError(f"side must be 'in' or 'out', got {side!r}")
     return 0 if side == "in" else 1
 
 
-def _empty_panel(ax, text: str):
+def empty_panel(ax, text: str):
     # No tick changes: the axes may share locators with panels that do have data.
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
     return ax
 
 
-def _fit_config(report):
+def report_fit_config(report):
     """The report's :class:`~topoprune.graph.config.FitConfig` (defaults when absent or unreadable)."""
     from ..graph.config import FitConfig
 
@@ -204,8 +204,8 @@ def _fit_config(report):
         return FitConfig()
 
 
-def _block_label(row, several_sides: bool) -> str:
-    block = _num(row.get("block"))
+def block_label(row, several_sides: bool) -> str:
+    block = as_float(row.get("block"))
     text = f"block {int(block)}" if np.isfinite(block) and block >= 0 else str(row.get("name"))
     return f"{row.get('side')} {text}" if several_sides and row.get("side") else text
 

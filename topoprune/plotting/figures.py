@@ -9,16 +9,16 @@ import pandas as pd
 
 from .common import (
     ROLE_LABELS,
-    _SIDE_LABELS,
-    _empty_panel,
-    _fit_config,
-    _matrix_rows,
-    _new_axes,
-    _num,
-    _role_order,
+    SIDE_LABELS,
+    empty_panel,
+    report_fit_config,
+    matrix_rows,
+    new_axes,
+    as_float,
+    role_order,
     paper_style,
 )
-from .ccdf import _role_colors, plot_block_grid, plot_role_ccdfs
+from .ccdf import role_colors, plot_block_grid, plot_role_ccdfs
 
 
 def plot_block_trends(report, axes=None):
@@ -44,7 +44,7 @@ def plot_block_trends(report, axes=None):
     from matplotlib.ticker import MaxNLocator
 
     if axes is None:
-        axes = _new_axes(1, 3, figsize=(11.5, 3.3))
+        axes = new_axes(1, 3, figsize=(11.5, 3.3))
     flat = np.asarray(axes, dtype=object).ravel()
     if flat.size < 3:
         raise ValueError(f"plot_block_trends needs 3 axes, got {flat.size}")
@@ -62,12 +62,12 @@ def plot_block_trends(report, axes=None):
     flat[2].set_ylabel("$Q$")
     if m.empty and lay.empty:
         for ax in flat[:3]:
-            _empty_panel(ax, "no block matrices")
+            empty_panel(ax, "no block matrices")
         return flat[:3]
     sides = sorted(m["side"].fillna("").astype(str).unique()) if len(m) else [""]
     styles = dict(zip(sides, ["-", "--", ":", "-."]))
-    colors = _role_colors(m["role"].dropna().unique()) if len(m) else {}
-    hi = _fit_config(report).alpha_range[1]
+    colors = role_colors(m["role"].dropna().unique()) if len(m) else {}
+    hi = report_fit_config(report).alpha_range[1]
     side_of = m["side"].fillna("").astype(str) if len(m) else pd.Series(dtype=str)
     for panel, col in ((0, "in_alpha"), (1, "out_alpha"), (2, "modularity")):
         ax = flat[panel]
@@ -162,12 +162,12 @@ def plot_pattern(report, name: str, ax=None, *, title: str | None = None, colorb
         have = ", ".join(list(report.patterns)[:5])
         raise KeyError(f"no sparsity pattern for {name!r} (patterns stored for: {have or 'none'})")
     if ax is None:
-        ax = _new_axes(figsize=(3.4, 3.2))[0, 0]
+        ax = new_axes(figsize=(3.4, 3.2))[0, 0]
     pat = np.asarray(report.patterns[name], dtype=np.float32)
     rows = report.matrices[report.matrices["name"] == name] if "name" in report.matrices else pd.DataFrame()
     row = rows.iloc[0] if len(rows) else None
-    n_out = int(_num(row["n_out"])) if row is not None and np.isfinite(_num(row["n_out"])) else pat.shape[0]
-    n_in = int(_num(row["n_in"])) if row is not None and np.isfinite(_num(row["n_in"])) else pat.shape[1]
+    n_out = int(as_float(row["n_out"])) if row is not None and np.isfinite(as_float(row["n_out"])) else pat.shape[0]
+    n_in = int(as_float(row["n_in"])) if row is not None and np.isfinite(as_float(row["n_in"])) else pat.shape[1]
     full = pat.shape == (n_out, n_in)
     if vmax is None:
         top = float(np.percentile(pat, 99.5)) if pat.size else 0.0
@@ -178,7 +178,7 @@ def plot_pattern(report, name: str, ax=None, *, title: str | None = None, colorb
     ax.set_ylabel(f"outputs ({n_out})")
     if title is None:
         if row is not None:
-            block = _num(row.get("block"))
+            block = as_float(row.get("block"))
             where = f"block {int(block)}" if np.isfinite(block) and block >= 0 else ""
             role = row.get("role")
             title = ROLE_LABELS.get(role, str(role)) + (f", {where}" if where else "")
@@ -193,7 +193,7 @@ def plot_pattern(report, name: str, ax=None, *, title: str | None = None, colorb
 
 def default_patterns(report) -> list[str]:
     """q, o, mlp_in and mlp_out of the first and last block (those present with a pattern)."""
-    m = _matrix_rows(report)
+    m = matrix_rows(report)
     if m.empty:
         return []
     m = m[m["name"].isin(list(report.patterns))]
@@ -226,12 +226,12 @@ def plot_patterns(report, names=None, axes=None):
     n = max(len(names), 1)
     if axes is None:
         ncols = min(n, 4)
-        axes = _new_axes(math.ceil(n / ncols), ncols, figsize=(2.8 * ncols, 2.7 * math.ceil(n / ncols)))
+        axes = new_axes(math.ceil(n / ncols), ncols, figsize=(2.8 * ncols, 2.7 * math.ceil(n / ncols)))
     flat = np.asarray(axes, dtype=object).ravel()
     for ax in flat[n:]:
         ax.set_visible(False)
     if not names:
-        _empty_panel(flat[0], "no sparsity patterns")
+        empty_panel(flat[0], "no sparsity patterns")
         return flat[:1]
     for ax, name in zip(flat, names):
         plot_pattern(report, name, ax=ax)
@@ -317,7 +317,7 @@ def save_figures(report, out_dir, *, formats=("png", "svg"), patterns=None) -> l
     formats = tuple(formats)
     written: list[Path] = []
     m = report.matrices
-    roles = _role_order(m["role"].dropna().unique()) if len(m) else []
+    roles = role_order(m["role"].dropna().unique()) if len(m) else []
     with paper_style():
         for side in ("in", "out"):
             n = max(len(roles), 1)
@@ -325,7 +325,7 @@ def save_figures(report, out_dir, *, formats=("png", "svg"), patterns=None) -> l
             nrows = math.ceil(n / ncols)
             fig, axes = _figure(nrows, ncols, (3.3 * ncols + 0.8, 2.9 * nrows))
             plot_role_ccdfs(report, side=side, axes=axes)
-            fig.suptitle(f"{_SIDE_LABELS[side].capitalize()} distributions by role (CCDF, log-log)")
+            fig.suptitle(f"{SIDE_LABELS[side].capitalize()} distributions by role (CCDF, log-log)")
             written += _write(fig, out, f"ccdf_by_role_{side}", formats)
         grid_roles = [r for r in ("mlp_in", "mlp_gate", "mlp_out", "q") if r in roles]
         if "mlp_in" in grid_roles and "mlp_gate" in grid_roles:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import ROLE_LABELS, _new_axes, _role_order
+from .common import ROLE_LABELS, new_axes, role_order
 
 
 def plot_allocation(record: dict, row_sparsity: dict | None = None, axes=None):
@@ -18,10 +18,10 @@ def plot_allocation(record: dict, row_sparsity: dict | None = None, axes=None):
        row step spreads out and uniform allocation keeps at one value.
     """
     if axes is None:
-        _, axes = _new_axes(1, 3, figsize=(13, 3.6))
+        _, axes = new_axes(1, 3, figsize=(13, 3.6))
     ax1, ax2, ax3 = np.ravel(axes)
     layers = record["layers"]
-    roles = _role_order({r["role"] for r in layers})
+    roles = role_order({r["role"] for r in layers})
     for role in roles:
         rows = [r for r in layers if r["role"] == role]
         ax1.plot([r["block"] for r in rows], [r["sparsity"] for r in rows], ".", ms=4,
@@ -50,7 +50,7 @@ def plot_allocation(record: dict, row_sparsity: dict | None = None, axes=None):
         ax2.text(0.5, 0.5, "no λ search\n(allocation: %s)" % record["config"]["allocation"], ha="center",
                  va="center", transform=ax2.transAxes)
         ax2.set_axis_off()
-    for role in _role_order(row_sparsity or {}):
+    for role in role_order(row_sparsity or {}):
         ax3.hist(np.asarray(row_sparsity[role]), bins=40, range=(0, 1), histtype="step",
                  label=ROLE_LABELS.get(role, role))
     ax3.set_xlabel("row sparsity")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .common import _new_axes
+from .common import new_axes
 
 #: Panels of :func:`plot_topology_history`: (title, metric suffix).
 PANELS = (("sparsity", "sparsity"), ("connectivity sd (fraction)", "in_conn_sd"), ("degree Gini", "in_gini"),
@@ -20,7 +20,7 @@ def plot_topology_history(history: pd.DataFrame, axes=None):
     array of Axes.
     """
     if axes is None:
-        _, axes = _new_axes(2, 3, figsize=(12, 6))
+        _, axes = new_axes(2, 3, figsize=(12, 6))
     axes = axes.ravel()
     for ax, (title, metric) in zip(axes, PANELS):
         for component, style in (("mlp", "-o"), ("attention", "--s")):

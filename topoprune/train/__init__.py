@@ -1,7 +1,8 @@
 """Sparse training: NeuroPrune (Dhurandhar et al. 2024, arXiv 2404.01306) and its baselines.
 
 =================  ==============================================================
-``neuroprune``     :class:`NeuroPrune`, the controller of a training loop, and its config
+``config``         :class:`NeuroPruneConfig`: every NeuroPrune setting and default
+``neuroprune``     :class:`NeuroPrune`, the controller of a training loop
 ``penalties``      preferential-attachment and attention row-group penalties
 ``heads``          redundant-head pruning by dominating set, and the head surgery
 ``schedules``      target-sparsity schedules (cubic, linear, ...)
@@ -15,7 +16,8 @@
 ``NeuroPruneTrainer``, ``NeuroPruneCallback``, ``TrainConfig`` and ``train`` import
 transformers' Trainer on first use.
 """
-from .neuroprune import NeuroPrune, NeuroPruneConfig
+from .config import NeuroPruneConfig
+from .neuroprune import NeuroPrune
 
 _LAZY = {"NeuroPruneTrainer": "callbacks", "NeuroPruneCallback": "callbacks", "TrainingDiverged": "callbacks",
          "TrainConfig": "run", "train": "run"}

@@ -1,6 +1,6 @@
 r"""Redundant attention-head removal as a dominating-set problem (NeuroPrune ELIM_REDUNDANT).
 
-Dhurandhar et al. 2024, arXiv 2404.01306, Sec. 3 (reference ``neuroprune.md`` section 5).
+Dhurandhar et al. 2024, "NeuroPrune", Findings of ACL, arXiv 2404.01306, Sec. 3 (Algorithm ELIM_REDUNDANT).
 After every epoch and for every attention layer:
 
 1. :func:`head_params` -- flatten each head's parameters :math:`P_h = [Q_h, K_h, V_h]`;
@@ -12,7 +12,9 @@ After every epoch and for every attention layer:
    within :math:`\theta`.
 
 :func:`prune_layer_heads` computes a :class:`HeadPruningDecision` without touching the
-weights; :func:`apply_head_mask` carries it out in place. HF ``prune_heads()`` is gone in
+weights; :func:`apply_head_mask` carries it out in place, and :func:`prune_model_heads` does
+both for every attention layer of a bound model (:class:`topoprune.graph.binding.Binding`),
+writing back and masking the removed heads. HF ``prune_heads()`` is gone in
 transformers v5, so heads are removed by zeroing (Q/K/V rows and biases, W_O columns);
 physical removal is a separate step.
 
@@ -375,3 +377,73 @@ def apply_head_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.
                 _check_rows(b, rows.numel(), f"{name} bias", ndim=1)
                 b[~rows.to(b.device)] = 0
     return mask
+
+
+def layer_tensors(binding, layer) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """Copies of a bound attention layer's ``[out, in]`` Q, K, V, W_O and its Q/K/V biases (None if absent).
+
+    Parameters
+    ----------
+    binding : topoprune.graph.binding.Binding
+    layer : topoprune.graph.binding.Attention
+    """
+    qkvo = [binding.weight(s).detach().clone() for s in (layer.q, layer.k, layer.v, layer.o)]
+    biases = [None if binding.bias(s) is None else binding.bias(s).detach().clone() for s in layer.qkv]
+    return qkvo, biases
+
+
+def prune_model_heads(binding, masks, layers, removed: dict, *, theta: float = THETA,
+                      include_bias: bool = False) -> list[HeadPruningDecision]:
+    """ELIM_REDUNDANT on the attention ``layers`` of a bound model: decide, fold, write back, mask.
+
+    :func:`prune_layer_heads` decides each layer (heads in ``removed[layer.key]`` are left out
+    of the graph; under ``torch.distributed`` rank 0 decides for every rank) and
+    :func:`apply_head_mask` acts on copies of the ``[out, in]`` pieces, which are written back
+    through the binding. Removed heads' Q rows (K/V rows once a whole kv group is gone), their
+    bias entries and W_O columns are masked in ``masks`` (a
+    :class:`~topoprune.graph.masks.MaskSet`), so they stay zero until physical removal.
+
+    Parameters
+    ----------
+    binding : topoprune.graph.binding.Binding
+    masks : topoprune.graph.masks.MaskSet
+    layers : list of topoprune.graph.binding.Attention
+        Layers without a known head layout or W_O are skipped.
+    removed : dict of str to tuple of int
+        Heads already removed per layer key; updated in place.
+    theta, include_bias
+        As for :func:`prune_layer_heads`.
+
+    Returns
+    -------
+    list of HeadPruningDecision
+        The decisions that removed heads.
+    """
+    from ..graph.masks import broadcast_object
+
+    layers = [la for la in layers if la.has_heads]
+    decisions = []
+    for la in layers:
+        (q, k, v, o), biases = layer_tensors(binding, la)
+        decisions.append(prune_layer_heads(q, k, v, o, n_heads=la.n_heads, head_dim=la.head_dim, theta=theta,
+                                           n_kv_heads=la.n_kv_heads, include_bias=include_bias, biases=biases,
+                                           removed=removed.get(la.key, ()), layer=la.key, block=la.q.block))
+    applied = []
+    for la, d in zip(layers, broadcast_object(decisions, 0)):
+        if not d.replaced_by:
+            continue
+        (q, k, v, o), biases = layer_tensors(binding, la)
+        kept = apply_head_mask(q, k, v, o, d, head_dim=la.head_dim, n_kv_heads=la.n_kv_heads, biases=biases)
+        for s, new in zip((la.q, la.k, la.v, la.o), (q, k, v, o)):
+            binding.write(s, new)
+        rows_q = kept.repeat_interleave(la.head_dim)  # [H * hd]
+        rows_kv = kept.reshape(la.n_kv_heads or la.n_heads, -1).any(dim=1).repeat_interleave(la.head_dim)
+        for s, rows, bias in zip(la.qkv, (rows_q, rows_kv, rows_kv), biases):
+            masks.update_piece(binding, s, rows[:, None])
+            if bias is not None:
+                binding.write_bias(s, bias)
+                masks.update_piece(binding, s, rows, bias=True)
+        masks.update_piece(binding, la.o, rows_q[None, :])
+        removed[la.key] = tuple(sorted(set(removed.get(la.key, ())) | set(d.replaced_by)))
+        applied.append(d)
+    return applied

@@ -1,7 +1,8 @@
 r"""NeuroPrune sparse training for a plain PyTorch loop, with its baselines in the same harness.
 
 Dhurandhar et al. 2024, "NeuroPrune: A Neuro-inspired Topological Sparse Training Algorithm
-for Large Language Models", Findings of ACL, arXiv 2404.01306 (reference ``neuroprune.md``).
+for Large Language Models", Findings of ACL, arXiv 2404.01306; its settings are
+:class:`~topoprune.train.config.NeuroPruneConfig`.
 The loss is :math:`\mathcal{L}_\text{task} + \alpha R_\text{mlp} + \beta R_\text{att}` with
 
 * :math:`R_\text{mlp} = \sum_W \sum_i \lVert W_{i,:}\rVert_1 / c_i` over every MLP matrix
@@ -14,8 +15,9 @@ The loss is :math:`\mathcal{L}_\text{task} + \alpha R_\text{mlp} + \beta R_\text
 
 and redundant heads are removed by dominating set (:mod:`topoprune.train.heads`). Entries with
 :math:`|w| < \varepsilon` are pruned for good (a :class:`~topoprune.graph.masks.MaskSet` only
-shrinks). Fused q/k/v, gate/up and GPT-2 ``Conv1D`` tensors are bound through
-:class:`~topoprune.graph.roles.MatrixSpec` (``rows``, ``transpose``) as views keeping gradients.
+shrinks). Weights are read and written through the model's
+:class:`~topoprune.graph.binding.Binding`: fused q/k/v, gate/up and GPT-2 ``Conv1D`` tensors as
+``[out, in]`` views keeping gradients.
 
 **Paper mode** (``target=None``): sparsity is an outcome of :math:`\alpha, \beta, \theta`.
 **Target mode**: the ``roles`` matrices follow a schedule (cubic by default) to exactly
@@ -44,143 +46,24 @@ construction, schedule updates, head pruning, loading and every ``sync_every`` s
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
-from collections import namedtuple
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError, ConfigError
-from .heads import HeadPruningDecision, apply_head_mask, prune_layer_heads
-from ..graph.loading import from_module
-from ..graph.masks import (MaskSet, broadcast_object, canonical, piece_mask, select_keep, sparsity_table,
-                      write_canonical)
-from .penalties import (DELTA, attachment_scores, attention_group_penalty, l1_penalty,
-                        preferential_attachment_penalty)
-from ..graph.roles import MLP_ROLES, MatrixSpec, describe
-from .schedules import ScheduleConfig, get_schedule
+from ..graph.binding import Attention, Binding, canonical, piece_mask
+from ..graph.masks import MaskSet, select_keep, sparsity_table
+from ..graph.roles import MLP_ROLES, MatrixSpec
+from .config import SPARSIFIABLE, NeuroPruneConfig
+from .heads import HeadPruningDecision, prune_model_heads
+from .penalties import attachment_scores, attention_group_penalty, l1_penalty, preferential_attachment_penalty
+from .schedules import get_schedule
 
 log = logging.getLogger(__name__)
 
-METHODS = ("neuroprune", "dense", "l1", "gmp", "random")
-HEAD_MODES = ("epoch", "steps", "off")
-#: Roles whose matrices may be sparsified (by target schedule or epsilon masks).
-SPARSIFIABLE = MLP_ROLES + ("q", "k", "v", "o")
 MASK_FILE = "masks.safetensors"
-
-
-def _num(x, lo=0.0, strict=False, integer=False) -> bool:
-    ok = isinstance(x, int if integer else (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-    return ok and (x > lo if strict else x >= lo)
-
-
-@dataclass(frozen=True)
-class NeuroPruneConfig:
-    r"""Settings of a :class:`NeuroPrune` run; invalid values raise :class:`ConfigError`.
-
-    Parameters
-    ----------
-    method : {"neuroprune", "dense", "l1", "gmp", "random"}
-        ``dense``: no penalty, no masks. ``l1``: :math:`\alpha \sum |W_\text{mlp}| + \beta
-        \sum |W_{qkv}|` (the paper's baseline; epsilon masks in paper mode, magnitude masks in
-        target mode). ``gmp`` / ``random``: no penalty; masks at the scheduled sparsity by
-        magnitude / by seeded random priority (both need ``target``).
-    mlp_weight, attn_weight : float
-        :math:`\alpha` (MLP term) and :math:`\beta` (attention term), >= 0. The paper tunes
-        both over {1e-7, ..., 0.1} without saying which is which; default 1e-6.
-    eps, theta : float
-        Connection threshold :math:`\varepsilon > 0` (paper: 1e-4); head-similarity
-        threshold :math:`\theta \ge 0` (paper default 0.15).
-    refresh_every : int
-        Recompute :math:`c_i` every this many steps (>= 1). Default 50: the count runs
-        through the project's graph code on the CPU (~0.2 s for a 3072 x 768 matrix, ~5 s a
-        refresh on BERT-base), while :math:`c_i` only moves when entries cross :math:`\varepsilon`.
-    head_pruning, head_every_steps : {"epoch", "steps", "off"}, int or None
-        When ELIM_REDUNDANT runs (``neuroprune`` only): :meth:`NeuroPrune.end_epoch`, every
-        ``head_every_steps`` (>= 1) optimiser steps, or never.
-    head_include_bias : bool
-        Q/K/V biases enter the head distance (the paper is silent; default weights only).
-    target : float or None
-        Sparsity in [0, 1) of the ``roles`` matrices at step ``end`` (target mode); None: paper mode.
-    schedule, start, end, frequency, initial
-        :class:`~topoprune.train.schedules.ScheduleConfig` fields of the target schedule (``end``
-        is required for all but ``constant``).
-    seed, roles : int, tuple of str
-        Seed of the ``random`` method. Roles sparsified by the PA penalty (MLP roles), epsilon
-        masks (paper mode) and the target schedule (target mode); default every MLP matrix.
-    attention_masks : bool
-        Also prune Q/K/V entries below :math:`\varepsilon` (``neuroprune``, ``l1``; both modes).
-    delta, sync_every : float, int
-        Square-root smoothing :math:`\delta \ge 0` of the attention penalty; under
-        ``torch.distributed`` also broadcast rank 0's masks every ``sync_every`` steps (0: never).
-    """
-
-    method: str = "neuroprune"
-    mlp_weight: float = 1e-6
-    attn_weight: float = 1e-6
-    eps: float = 1e-4
-    theta: float = 0.15
-    refresh_every: int = 50
-    head_pruning: str = "epoch"
-    head_every_steps: int | None = None
-    head_include_bias: bool = False
-    target: float | None = None
-    schedule: str = "cubic"
-    start: int = 0
-    end: int | None = None
-    frequency: int = 1
-    initial: float = 0.0
-    seed: int = 0
-    roles: tuple[str, ...] = MLP_ROLES
-    attention_masks: bool = True
-    delta: float = DELTA
-    sync_every: int = 0
-
-    def __post_init__(self):
-        object.__setattr__(self, "roles", tuple(self.roles))
-        checks = [
-            (self.method in METHODS, f"method must be one of {METHODS}"),
-            (_num(self.mlp_weight), "mlp_weight (alpha) must be a finite number >= 0"),
-            (_num(self.attn_weight), "attn_weight (beta) must be a finite number >= 0"),
-            (_num(self.eps, strict=True), "eps must be a finite number > 0"),
-            (_num(self.theta), "theta must be a finite number >= 0"),
-            (_num(self.delta), "delta must be a finite number >= 0"),
-            (_num(self.refresh_every, 1, integer=True), "refresh_every must be an integer >= 1"),
-            (self.head_pruning in HEAD_MODES, f"head_pruning must be one of {HEAD_MODES}"),
-            (self.head_pruning != "steps" or _num(self.head_every_steps, 1, integer=True),
-             "head_pruning='steps' needs head_every_steps >= 1"),
-            (_num(self.sync_every, integer=True) and _num(self.seed, integer=True),
-             "sync_every and seed must be integers >= 0"),
-            (bool(self.roles) and set(self.roles) <= set(SPARSIFIABLE),
-             f"roles must be a non-empty subset of {SPARSIFIABLE}"),
-            (self.target is None or (_num(self.target) and self.target < 1.0), "target sparsity must be in [0, 1)"),
-            (self.target is None or self.method != "dense", "method 'dense' trains without masks: leave target=None"),
-            (self.target is not None or self.method not in ("gmp", "random"),
-             f"method {self.method!r} needs a target sparsity (target=...)"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(f"{msg}; got {self._shown()}")
-        self.schedule_config()  # validates schedule, start, end, frequency, initial in target mode
-
-    def _shown(self) -> str:
-        return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
-                         if getattr(self, f.name) != f.default) or "defaults"
-
-    def schedule_config(self) -> ScheduleConfig | None:
-        """The target schedule's :class:`ScheduleConfig` (None in paper mode)."""
-        return None if self.target is None else ScheduleConfig(self.target, self.schedule, self.initial, self.start,
-                                                               self.end, self.frequency)
-
-    def to_dict(self) -> dict:
-        return dict(dataclasses.asdict(self), roles=list(self.roles))
-
-
-#: One self-attention layer: its key (``side.block``) and q, k, v, o :class:`MatrixSpec` (o may be None).
-_Layer = namedtuple("_Layer", "key q k v o")
 
 
 class NeuroPrune:
@@ -208,15 +91,14 @@ class NeuroPrune:
     def __init__(self, model: torch.nn.Module, config: NeuroPruneConfig | None = None):
         self.model, self.config = model, config or NeuroPruneConfig()
         cfg = self.config
-        params, layout = dict(model.named_parameters()), describe(from_module(model))
-        self._bound = [s for s in layout.specs if s.role in SPARSIFIABLE and s.tensor in params]
-        self._bias = {s.tensor: s.tensor[:-6] + "bias" for s in self._bound
-                      if s.tensor.endswith(".weight") and s.tensor[:-6] + "bias" in params}
+        self.binding = Binding(model)
+        self._bound = [s for s in self.binding.specs if s.role in SPARSIFIABLE]
         mlp = [s for s in self._bound if s.role in MLP_ROLES]
-        self._layers = self._group_attention()
+        self._layers: list[Attention] = [la for la in self.binding.attention if not la.cross]
         if not mlp and not self._layers:
             raise ConfigError(f"{type(model).__name__}: no recognisable MLP or attention matrices (NeuroPrune "
-                              f"needs transformer blocks; roles found: {sorted({s.role for s in layout.specs})})")
+                              f"needs transformer blocks; roles found: "
+                              f"{sorted({s.role for s in self.binding.layout.specs})})")
         sparse = [s for s in self._bound if s.role in cfg.roles]
         self._pa = [s for s in sparse if s.role in MLP_ROLES]
         penalised = cfg.method in ("neuroprune", "l1")
@@ -225,7 +107,7 @@ class NeuroPrune:
             raise ConfigError(f"target mode: no matrix with roles {cfg.roles} in {type(model).__name__}")
         thresholded = sparse if penalised and cfg.target is None else []
         if penalised and cfg.attention_masks:
-            thresholded += [s for la in self._layers for s in la[1:4] if s not in thresholded + self._scheduled]
+            thresholded += [s for la in self._layers for s in la.qkv if s not in thresholded + self._scheduled]
         self._schedule = get_schedule(**cfg.schedule_config().to_dict()) if cfg.target is not None else None
         self.masks = MaskSet()
         self._region = {}  # parameter -> entries under the epsilon threshold (True)
@@ -243,28 +125,11 @@ class NeuroPrune:
                  cfg.method, cfg.target, len(mlp), len(self._layers), len(self.masks))
 
     def _p(self, name: str) -> torch.nn.Parameter:
-        return self.model.get_parameter(name)
+        return self.binding.parameter(name)
 
     def _w(self, s: MatrixSpec) -> torch.Tensor:
         """The ``[out, in]`` piece of the parameter: a view (or concatenation of views) with gradient."""
-        return canonical(self._p(s.tensor), s)
-
-    def _group_attention(self) -> list:
-        groups: dict[str, dict[str, list[MatrixSpec]]] = {}
-        for s in self._bound:
-            if s.role in ("q", "k", "v", "o"):
-                groups.setdefault(f"{s.side or 'model'}.{s.block}", {}).setdefault(s.role, []).append(s)
-        layers = []  # [_Layer]
-        for key, g in groups.items():
-            if any(len(g.get(r, ())) != 1 for r in "qkv") or len(g.get("o", ())) > 1:
-                log.warning("attention %s: expected one q, k, v (and o), got %s; not penalised or pruned",
-                            key, {r: len(v) for r, v in g.items()})
-                continue
-            layers.append(_Layer(key, g["q"][0], g["k"][0], g["v"][0], (g.get("o") or [None])[0]))
-        return layers
-
-    def _mask_piece(self, s: MatrixSpec, keep, name: str | None = None) -> int:  # AND ``keep`` ([out, in]) in
-        return self.masks.update(name or s.tensor, piece_mask(self._p(name or s.tensor), s, keep))
+        return self.binding.weight(s)
 
     def penalty(self) -> torch.Tensor:
         r"""The regulariser to add to the task loss: a float32 scalar, differentiable in the weights.
@@ -275,7 +140,7 @@ class NeuroPrune:
         """
         cfg = self.config
         total = torch.zeros((), dtype=torch.float32, device=self._p(self._bound[0].tensor).device)
-        alpha, beta, qkv = cfg.mlp_weight, cfg.attn_weight, [la[1:4] for la in self._layers]
+        alpha, beta, qkv = cfg.mlp_weight, cfg.attn_weight, [la.qkv for la in self._layers]
         if cfg.method == "neuroprune":
             if alpha and self._pa:
                 total = total + alpha * sum(preferential_attachment_penalty(self._w(s), self._scores[s.name])
@@ -349,7 +214,7 @@ class NeuroPrune:
             else:  # neuroprune: |w_ij| c_i; gmp and l1: |w_ij|
                 keep = select_keep(w, n_keep / n, self._scores.get(s.name) if method == "neuroprune" else None,
                                    allowed=allowed)
-            self._mask_piece(s, keep)
+            self.masks.update_piece(self.binding, s, keep)
             changed = True
         return changed
 
@@ -364,53 +229,22 @@ class NeuroPrune:
         due = self.config.method == "neuroprune" and self.config.head_pruning == "epoch"
         return self.prune_heads(optimizer) if due else []
 
-    def _head_tensors(self, la):
-        qkvo = [self._w(s).detach().clone() for s in la[1:5]]
-        biases = [canonical(self._p(self._bias[s.tensor]), s).detach().clone() if s.tensor in self._bias else None
-                  for s in la[1:4]]
-        return qkvo, biases
-
     def prune_heads(self, optimizer: torch.optim.Optimizer | None = None) -> list[HeadPruningDecision]:
-        """ELIM_REDUNDANT on every attention layer: decide, fold W_O, zero and mask the removed heads.
+        """ELIM_REDUNDANT on every self-attention layer (:func:`~topoprune.train.heads.prune_model_heads`).
 
-        :func:`~topoprune.train.heads.prune_layer_heads` decides (heads removed before are left out
-        of the graph; rank 0 decides for all under ``torch.distributed``) and
-        :func:`~topoprune.train.heads.apply_head_mask` acts on copies of the ``[out, in]`` pieces,
-        written back. Removed heads' Q rows (K/V rows once a whole kv group is gone), bias
-        entries and W_O columns are masked: they stay zero until physical removal.
+        Removed heads' Q rows (K/V rows once a whole kv group is gone), bias entries and W_O
+        columns are masked: they stay zero until physical removal. Weights and optimiser state
+        are re-masked afterwards.
 
         Returns
         -------
         list of HeadPruningDecision
             The decisions of this call that removed heads (also appended to ``head_decisions``).
         """
-        cfg, out, decisions = self.config, [], []
-        layers = [la for la in self._layers if la.o is not None and la.q.n_heads and la.q.head_dim
-                  and la.q.shape[0] == la.q.n_heads * la.q.head_dim]
-        for la in layers:
-            (q, k, v, o), biases, g = *self._head_tensors(la), la.q
-            decisions.append(prune_layer_heads(
-                q, k, v, o, n_heads=g.n_heads, head_dim=g.head_dim, theta=cfg.theta, n_kv_heads=g.n_kv_heads,
-                include_bias=cfg.head_include_bias, biases=biases, removed=self._removed.get(la.key, ()),
-                layer=la.key, block=g.block))
-        for la, d in zip(layers, broadcast_object(decisions, 0)):
-            if not d.replaced_by:
-                continue
-            (q, k, v, o), biases, g = *self._head_tensors(la), la.q
-            kept = apply_head_mask(q, k, v, o, d, head_dim=g.head_dim, n_kv_heads=g.n_kv_heads, biases=biases)
-            for s, new in zip(la[1:5], (q, k, v, o)):
-                write_canonical(self._p(s.tensor), s, new)
-            rows_q = kept.repeat_interleave(g.head_dim)  # [H * hd]
-            rows_kv = kept.reshape(g.n_kv_heads or g.n_heads, -1).any(dim=1).repeat_interleave(g.head_dim)
-            for s, rows, bias in zip(la[1:4], (rows_q, rows_kv, rows_kv), biases):
-                self._mask_piece(s, rows[:, None])
-                if bias is not None:
-                    write_canonical(self._p(self._bias[s.tensor]), s, bias)
-                    self._mask_piece(s, rows, self._bias[s.tensor])
-            self._mask_piece(la.o, rows_q[None, :])
-            self._removed[la.key] = tuple(sorted(set(self._removed.get(la.key, ())) | set(d.replaced_by)))
-            self.head_decisions.append(d)
-            out.append(d)
+        cfg = self.config
+        out = prune_model_heads(self.binding, self.masks, self._layers, self._removed, theta=cfg.theta,
+                                include_bias=cfg.head_include_bias)
+        self.head_decisions.extend(out)
         self.masks.broadcast(0)
         self.masks.apply_to_weights(self.model)
         if optimizer is not None:
@@ -421,7 +255,7 @@ class NeuroPrune:
 
     def heads_remaining(self) -> dict[str, int]:
         """Heads left per attention layer (``{layer: n}``), after dominating-set pruning."""
-        return {la.key: la.q.n_heads - len(self._removed.get(la.key, ())) for la in self._layers if la.q.n_heads}
+        return {la.key: la.n_heads - len(self._removed.get(la.key, ())) for la in self._layers if la.n_heads}
 
     def sparsity_report(self):
         r"""Achieved sparsity per matrix piece, per role and in total: a ``pandas.DataFrame``.

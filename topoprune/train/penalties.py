@@ -1,7 +1,7 @@
 r"""NeuroPrune's differentiable regularisers, written against the canonical ``[out, in]`` layout.
 
 Dhurandhar et al. 2024, "NeuroPrune: A Neuro-inspired Topological Sparse Training Algorithm
-for Large Language Models", arXiv 2404.01306 (reference: ``neuroprune.md`` sections 3-4).
+for Large Language Models", Findings of ACL 2024, arXiv 2404.01306, Sections 3-4.
 
 * :func:`preferential_attachment_penalty` -- the MLP term, Eq. (1) as reconstructed: a
   weighted l1 norm where row ``i`` is weighted by ``1 / c_i``, ``c_i`` its fractional

@@ -40,7 +40,8 @@ import torch
 from .. import __version__
 from ..errors import ConfigError
 from ..models import BUILTIN, build_model, check_model, load_tokenizer, refused_pickle
-from .neuroprune import NeuroPrune, NeuroPruneConfig
+from .config import NeuroPruneConfig
+from .neuroprune import NeuroPrune
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +68,11 @@ class TrainConfig:
     report_to : tuple of str
         Trainer integrations (``tensorboard``, ...); none by default. Unknown names and
         integrations that are not installed are refused before any work.
-    neuroprune : dict
-        Options of :class:`~topoprune.train.neuroprune.NeuroPruneConfig`. In target mode without an
-        ``end``, the schedule ends after ``schedule_fraction`` of the training steps (the paper
-        has no schedule; 0.75 leaves a quarter of training to recover with fixed masks, as in
-        gradual magnitude pruning). Without a ``frequency``, the masks are re-cut every
-        ``min(10, end - start)`` steps (``pruning_frequency=10``, the default of TensorFlow's
-        ``model_pruning`` library that implemented Zhu & Gupta's schedule); re-cutting every
-        step costs an O(n) selection per matrix per step (~12 % of a MiniLM step).
+    neuroprune : NeuroPruneConfig
+        The NeuroPrune (or baseline) settings (a dict of its fields is converted). In target
+        mode without an ``end``, the schedule ends after ``schedule_fraction`` of the training
+        steps (the paper has no schedule; 0.75 leaves a quarter of training to recover with
+        fixed masks, as in gradual magnitude pruning) unless it sets ``end_fraction``.
     keep_checkpoints : int or None
         Complete checkpoints kept in the run (an older one is removed only after a newer one is
         complete, masks included); ``None`` keeps all.
@@ -94,7 +92,7 @@ class TrainConfig:
     topology_every: int = 50
     save_steps: int = 100
     report_to: tuple[str, ...] = ()
-    neuroprune: dict = dataclasses.field(default_factory=dict)
+    neuroprune: NeuroPruneConfig = dataclasses.field(default_factory=NeuroPruneConfig)
     schedule_fraction: float = 0.75
     keep_checkpoints: int | None = 2
 
@@ -113,22 +111,21 @@ class TrainConfig:
         if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1 or None, got {self.keep_checkpoints}")
         _check_report_to(self.report_to)
-        opts = dict(self.neuroprune)
-        if opts.get("target") is not None and opts.get("end") is None:
-            if opts.get("frequency") is None:
-                opts["frequency"] = 1
-            # validate everything else now; the real end is set from the step count
-            opts["end"] = opts.get("start", 0) + max(1, opts["frequency"] if isinstance(opts["frequency"], int) else 1)
-        NeuroPruneConfig(**opts)
+        if isinstance(self.neuroprune, dict):
+            opts = dict(self.neuroprune)
+            if opts.get("target") is not None and opts.get("end") is None:
+                opts.setdefault("end_fraction", self.schedule_fraction)
+            object.__setattr__(self, "neuroprune", NeuroPruneConfig(**opts))
+        if not isinstance(self.neuroprune, NeuroPruneConfig):
+            raise ConfigError(f"neuroprune must be a NeuroPruneConfig, got {type(self.neuroprune).__name__}")
+        object.__setattr__(self, "report_to", tuple(self.report_to))
 
     def neuroprune_config(self, total_steps: int) -> NeuroPruneConfig:
-        """The NeuroPrune settings, with the schedule's end resolved from ``total_steps``."""
-        opts = dict(self.neuroprune)
-        if opts.get("target") is not None and opts.get("end") is None:
-            opts["end"] = max(1, int(round(self.schedule_fraction * total_steps)))
-        if opts.get("target") is not None and opts.get("frequency") is None:
-            opts["frequency"] = max(1, min(10, opts["end"] - opts.get("start", 0)))
-        return NeuroPruneConfig(**opts)
+        """The NeuroPrune settings, with the schedule's end (and frequency) resolved from ``total_steps``."""
+        npc = self.neuroprune
+        if npc.target is not None and npc.end is None and npc.end_fraction is None:
+            npc = dataclasses.replace(npc, end_fraction=self.schedule_fraction)
+        return npc.resolved(total_steps)
 
 
 def _check_report_to(report_to) -> None:

@@ -20,6 +20,7 @@ import torch
 from ..graph.analysis import analyze
 from ..graph.config import AnalysisConfig, GraphConfig
 from ..graph.roles import ATTENTION_ROLES, MLP_ROLES
+from .penalties import EPSILON
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def topology_snapshot(model: torch.nn.Module, *, eps: float = 1e-4, fits: bool = True, modularity: bool = True,
+def topology_snapshot(model: torch.nn.Module, *, eps: float = EPSILON, fits: bool = True, modularity: bool = True,
                       heads_remaining: dict | None = None, seed: int = 0) -> dict:
     """Scalars describing the current topology of ``model``'s attention and MLP matrices.
 
@@ -43,11 +44,11 @@ def topology_snapshot(model: torch.nn.Module, *, eps: float = 1e-4, fits: bool =
     model : nn.Module
         The model being trained (wrappers such as DDP are unwrapped).
     eps : float
-        Edges are weights with ``|w| >= eps`` (NeuroPrune's epsilon, 1e-4).
+        Edges are weights with ``|w| >= eps`` (NeuroPrune's epsilon, :data:`~topoprune.train.penalties.EPSILON`).
     fits, modularity : bool
         Power-law fits of the in-degrees; Leiden modularity of the MLP matrix graphs.
     heads_remaining : dict, optional
-        ``{layer: n_heads_left}``; adds ``heads/remaining`` and ``heads/removed``.
+        ``{layer: n_heads_left}``; adds ``heads/remaining`` (their sum).
 
     Returns
     -------
