@@ -15,7 +15,8 @@ ALLOWED = {
     "plotting": {"errors", "io", "graph"},
     "train": {"errors", "io", "graph", "assets", "models", "plotting"},
     "oneshot": {"errors", "io", "graph", "assets", "models", "plotting"},
-    "cli": {"errors", "io", "graph", "assets", "models", "plotting", "train", "oneshot"},
+    "compaction": {"errors", "io", "graph", "assets", "models", "plotting"},
+    "cli": {"errors", "io", "graph", "assets", "models", "plotting", "train", "oneshot", "compaction"},
 }
 MAX_LINES = 450
 

@@ -1,9 +1,10 @@
 """topoprune: Transformers as networks -- weight graphs, degree distributions, power-law fits,
 modularity, and topology-driven sparse training and pruning.
 
-Three jobs on one graph core (:mod:`topoprune.graph`): **analyze** a checkpoint, **train**
+Four jobs on one graph core (:mod:`topoprune.graph`): **analyze** a checkpoint, **train**
 sparse with NeuroPrune (:mod:`topoprune.train`), **prune one-shot** with NeuroAL
-(:mod:`topoprune.oneshot`). Figures are in :mod:`topoprune.plotting`, the model zoo (the
+(:mod:`topoprune.oneshot`), and **compact** a pruned model into a smaller, faster one
+(:mod:`topoprune.compaction`). Figures are in :mod:`topoprune.plotting`, the model zoo (the
 embedded MiniLM, SmolLM2, tiny test models) in :mod:`topoprune.models`.
 
 >>> import topoprune
@@ -11,7 +12,7 @@ embedded MiniLM, SmolLM2, tiny test models) in :mod:`topoprune.models`.
 >>> topoprune.summarize(df)                                   # doctest: +SKIP
 
 ``topoprune.NeuroPrune``, ``NeuroPruneConfig``, ``NeuroPruneTrainer``, ``OneShotConfig``,
-``prune`` and ``run_oneshot`` are imported on first use.
+``prune``, ``run_oneshot``, ``compact`` and ``load_compact`` are imported on first use.
 """
 __version__ = "0.1.0"
 
@@ -19,7 +20,8 @@ from .errors import CheckpointError, ConfigError, TensorError, TopopruneError  #
 from .graph import Report, analyze, analyze_report, summarize  # noqa: E402
 
 _LAZY = {"NeuroPrune": "train", "NeuroPruneConfig": "train", "NeuroPruneTrainer": "train",
-         "OneShotConfig": "oneshot", "prune": "oneshot", "run_oneshot": "oneshot"}
+         "OneShotConfig": "oneshot", "prune": "oneshot", "run_oneshot": "oneshot",
+         "compact": "compaction", "load_compact": "compaction"}
 
 
 def __getattr__(name):

@@ -1,4 +1,4 @@
-"""``topoprune`` command line: analyze, compare, plot, train, oneshot. The only module that prints.
+"""``topoprune`` command line: analyze, compare, plot, train, oneshot, compact. The only module that prints.
 
 Bad input (missing or corrupt files, NaN weights, bad settings, an output directory that
 cannot be written, a pickle that would run code) ends with one line on stderr naming the file,
@@ -20,6 +20,7 @@ import click
 
 from .. import __version__
 from ..errors import ConfigError, TopopruneError
+from ..compaction.run import DTYPES
 from ..graph.config import NONFINITE, AnalysisConfig, GraphConfig, ModularityConfig
 from ..oneshot.prune import ALLOCATIONS, GROUPS, NEUROAL_STEPS, PRUNERS, OneShotConfig
 from ..oneshot.run import EvalConfig
@@ -381,6 +382,34 @@ def oneshot(model, method, sparsity, allocation, owl_m, owl_lambda, neuroal_step
                + (f" ({lams})" if lams else "")
                + (f"; PTB perplexity {ppl['dense']:.2f} -> {ppl['pruned']:.2f}" if ppl else "")
                + f"; {record['seconds']['prune_total']:.1f} s; run in {out}/")
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=str))
+@click.option("-o", "--out", type=click.Path(path_type=str), default="topoprune-compact", show_default=True)
+@click.option("--dtype", default=None, help=f"Saved weights: {', '.join(DTYPES)} [as loaded: fp32].")
+@click.option("--overwrite", is_flag=True, help="Replace OUT when it holds an earlier topoprune output.")
+def compact(src, out, dtype, overwrite):
+    """Remove the dead heads and MLP neurons of a pruned model: a smaller, faster model.
+
+    SRC: a `topoprune train` or `oneshot` run (its model/ and masks.safetensors), or a model
+    directory whose pruned weights are zero. OUT reloads with topoprune.load_compact(OUT) (and with
+    plain from_pretrained when every layer kept the same widths); outputs equal the pruned model's.
+    """
+    from ..compaction import run_compact
+
+    rec = run_compact(src, out, dtype=dtype, overwrite=overwrite)
+    p, b = rec["parameters"], rec["bytes"]
+    heads = rec["blocks"]["heads"].values()
+    mlp = rec["blocks"]["mlp"].values()
+    click.echo(f"{p['before']:,} -> {p['after']:,} parameters ({p['after'] / p['before']:.1%}); "
+               f"{b['before'] / 2**20:.1f} -> {b['after'] / 2**20:.1f} MiB ({rec['dtype']}); "
+               f"heads {sum(h['kept'] for h in heads)}/{sum(h['of'] for h in heads)}, "
+               f"MLP neurons {sum(m['kept'] for m in mlp)}/{sum(m['of'] for m in mlp)}; "
+               + ("loads with from_pretrained or " if rec["plain"] else "loads with ")
+               + f"topoprune.load_compact; model in {out}/")
+    for note in rec["blocks"]["notes"]:
+        click.echo(f"note: {note}", err=True)
 
 
 @main.command()

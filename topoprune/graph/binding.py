@@ -12,6 +12,7 @@ from ``model.state_dict()``) and ties it to the model's parameters and modules:
                           tensor holds several specs): what a layer-wise pruner masks
 :attr:`Binding.attention` every attention layer as an :class:`Attention` (q, k, v, o by name, with
                           the head layout, grouped-query attention included)
+:attr:`Binding.mlp`       every MLP as an :class:`Mlp` (its input matrices and its output matrix)
 :meth:`Binding.stack`     the stack of transformer blocks (a ``ModuleList``) and each block's linears
 :meth:`Binding.weight`    the ``[out, in]`` view of a spec or linear; :meth:`Binding.write` the inverse
 ======================  ===================================================================
@@ -208,6 +209,26 @@ class Attention:
                     and self.q.shape[0] == self.n_heads * self.head_dim)
 
 
+@dataclass(frozen=True)
+class Mlp:
+    """One MLP: its input matrices (``mlp_in``, or ``mlp_gate`` and ``mlp_up``) and ``mlp_out``.
+
+    Hidden neuron ``i`` is row ``i`` of every input matrix and column ``i`` of ``out``.
+    """
+
+    key: str
+    inputs: tuple[MatrixSpec, ...]
+    out: MatrixSpec
+
+    @property
+    def gated(self) -> bool:
+        return len(self.inputs) == 2
+
+    @property
+    def width(self) -> int:
+        return self.out.shape[1]
+
+
 @dataclass
 class Stack:
     """A model's stack of transformer blocks and the linear layers of each block, in order."""
@@ -242,6 +263,8 @@ class Binding:
         Every stored weight tensor holding at least one spec, by parameter name.
     attention : list of Attention
         Self- and cross-attention layers with exactly one q, k, v (and at most one o).
+    mlp : list of Mlp
+        MLPs with one ``mlp_in`` (or ``mlp_gate`` and ``mlp_up``) and one ``mlp_out`` of one width.
     """
 
     def __init__(self, model: torch.nn.Module):
@@ -262,6 +285,7 @@ class Binding:
                 self.linears[tensor] = Linear(tensor.removesuffix(".weight"), tensor, module, specs[0].block,
                                               tuple(specs))
         self.attention = self._group_attention()
+        self.mlp = self._group_mlp()
 
     def _group_attention(self) -> list[Attention]:
         groups: dict[tuple[str, bool], dict[str, list[MatrixSpec]]] = {}
@@ -278,6 +302,24 @@ class Binding:
                 continue
             layers.append(Attention(key, g["q"][0], g["k"][0], g["v"][0], (g.get("o") or [None])[0], cross))
         return layers
+
+    def _group_mlp(self) -> list[Mlp]:
+        groups: dict[str, dict[str, list[MatrixSpec]]] = {}
+        for s in self.specs:
+            if s.role in MLP_ROLES:
+                groups.setdefault(f"{s.side or 'model'}.{s.block}", {}).setdefault(s.role, []).append(s)
+        out = []
+        for key, g in groups.items():
+            counts = {r: len(v) for r, v in g.items()}
+            inputs = g.get("mlp_in") if "mlp_in" in g else [*g.get("mlp_gate", ()), *g.get("mlp_up", ())]
+            ok = len(g.get("mlp_out", ())) == 1 and (counts.get("mlp_in") == 1 and len(g) == 2
+                                                     or counts.get("mlp_gate") == counts.get("mlp_up") == 1)
+            if not ok or any(i.shape[0] != g["mlp_out"][0].shape[1] for i in inputs):
+                log.warning("MLP %s: expected mlp_in (or mlp_gate and mlp_up) and mlp_out of one width, got %s; "
+                            "left out", key, counts)
+                continue
+            out.append(Mlp(key, tuple(inputs), g["mlp_out"][0]))
+        return out
 
     # -- reading and writing -------------------------------------------------------------
     def parameter(self, name: str) -> torch.nn.Parameter:

@@ -140,6 +140,15 @@ def geometry(config: dict, side: str = "") -> _Geometry:
     return _Geometry(heads, int(kv or 0), head_dim, hidden)
 
 
+def _compacted(geo: _Geometry, config: dict, key: str) -> _Geometry:
+    """The heads a compacted model kept in layer ``key`` (``topoprune compact`` records them per layer)."""
+    record = config.get("topoprune_compact")
+    kept = ((record or {}).get("blocks") or {}).get("heads", {}).get(key) if isinstance(record, dict) else None
+    if not isinstance(kept, dict) or not all(isinstance(kept.get(k), int) and kept[k] > 0 for k in ("kept", "kv_kept")):
+        return geo
+    return _Geometry(kept["kept"], kept["kv_kept"], geo.head_dim, geo.hidden)
+
+
 def _kv_heads(config: dict, heads: int) -> int:
     """Key-value heads.
 
@@ -320,7 +329,7 @@ def _describe_one(info: TensorInfo, ckpt: Checkpoint, config: dict, model_type: 
     leaf = parts[-1].lower()
     block = _block_of(parts)
     side = _side_of(parts, model_type, config)
-    geo = geometry(config, side)
+    geo = _compacted(geometry(config, side), config, f"{side or 'model'}.{block}")
     role = _classify(parts)
     transpose = name in ckpt.conv1d or (leaf in _CONV1D_LEAVES and model_type in ("", "gpt2", "openai-gpt",
                                                                                   "imagegpt", "decision_transformer"))
