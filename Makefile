@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test install bench bench-train bench-oneshot bench-owl figures clean
+.PHONY: demo test install bench bench-train bench-oneshot bench-owl bench-compact figures clean
 
 install: $(STAMP)
 
@@ -38,9 +38,14 @@ bench-oneshot: $(STAMP)
 bench-owl: $(STAMP)
 	$(PY) analysis/owl_sweep.py --resume
 
+bench-compact: $(STAMP)
+	$(PY) analysis/bench_compact.py --phase train --resume
+	$(PY) analysis/bench_compact.py --phase latency
+
 figures: $(STAMP)
 	$(PY) analysis/make_figures.py
 	$(PY) analysis/bench_neuroprune.py --plot-only
+	$(PY) analysis/bench_compact.py --plot-only
 
 clean:
 	rm -rf $(VENV) demo-report

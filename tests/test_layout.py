@@ -97,3 +97,6 @@ def test_public_api_where_the_readme_shows_it():
     assert topoprune.NeuroPrune is NeuroPrune and topoprune.NeuroPruneConfig is NeuroPruneConfig
     assert topoprune.NeuroPruneTrainer is NeuroPruneTrainer and topoprune.run_oneshot is run_oneshot
     assert callable(train) and TrainConfig().model == "minilm" and NeuroPruneCallback
+    from topoprune.compaction import compact, load_compact, save_compact  # noqa: F401
+
+    assert topoprune.compact is compact and topoprune.load_compact is load_compact

@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
-import signal
+import os
 import sys
-import threading
 from pathlib import Path
 
 import click
 
 from .. import __version__
-from ..errors import ConfigError, TopopruneError
 from ..compaction.run import DTYPES
+from ..errors import ConfigError
 from ..graph.config import NONFINITE, AnalysisConfig, GraphConfig, ModularityConfig
 from ..oneshot.prune import ALLOCATIONS, GROUPS, NEUROAL_STEPS, PRUNERS, OneShotConfig
 from ..oneshot.run import EvalConfig
 from ..train.config import DEFAULT_FREQUENCY, HEAD_MODES, TRAIN_METHODS, NeuroPruneConfig
 from ..train.run import TrainConfig
 from ..train.schedules import SCHEDULES
+from .group import REFUSED_PICKLE, Group, setup_logging  # noqa: F401 (REFUSED_PICKLE: part of the interface)
 from .options import analysis_request, check_input, default
 
 log = logging.getLogger("topoprune")
@@ -35,83 +34,7 @@ SUMMARY_COLUMNS = ["key", "n_matrices", "in_mean", "in_conn_sd", "in_gini", "in_
                    "in_power_law_share", "out_alpha", "modularity"]
 
 
-class _OneLine(logging.Formatter):
-    def format(self, record):
-        return f"{record.levelname.lower()}: {record.getMessage()}"
-
-
-def _setup_logging(verbose: int) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLine())
-    root = logging.getLogger("topoprune")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
-    root.propagate = False
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-
-
-#: What a refused pickle is reported as (torch's own message is many lines and suggests unsafe loading).
-REFUSED_PICKLE = "refused: loading this pickle would execute code (only plain tensors and containers are allowed)"
-
-
-class Terminated(KeyboardInterrupt):
-    """Raised in the main thread on SIGTERM, so that ``finally`` blocks clean up as for Ctrl-C."""
-
-
-def _on_sigterm(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: the clean-up is not interrupted again
-    raise Terminated()
-
-
-def _user_error_line(exc: BaseException) -> str | None:
-    """The one line for an exception caused by the user's input or environment, else ``None``."""
-    from ..io import os_error_line
-
-    if isinstance(exc, TopopruneError):
-        return " ".join(str(exc).split())
-    if isinstance(exc, pickle.UnpicklingError):
-        return REFUSED_PICKLE
-    if isinstance(exc, OSError):
-        return os_error_line(exc)
-    return None
-
-
-class _Group(click.Group):
-    """Turns bad input into one line and exit code 2, interrupts into "interrupted" and 130/143."""
-
-    def invoke(self, ctx):
-        main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
-        except KeyboardInterrupt as exc:
-            click.echo("interrupted", err=True)
-            ctx.exit(143 if isinstance(exc, Terminated) else 130)
-        except Exception as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            line = _user_error_line(exc)
-            if line is not None:
-                click.echo(f"error: {line}", err=True)
-                ctx.exit(2)
-            # a bug, not bad input: still one line unless --debug
-            click.echo(f"error: internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
-                       "rerun with --debug for details", err=True)
-            ctx.exit(1)
-        finally:
-            if main_thread:
-                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="topoprune")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
@@ -119,7 +42,7 @@ class _Group(click.Group):
 def main(ctx, verbose, debug):
     """Transformers as networks: weight graphs, degree distributions, power-law fits, modularity."""
     ctx.obj = {"debug": debug}
-    _setup_logging(verbose)
+    setup_logging(verbose)
 
 
 def _analysis_options(f):
@@ -251,6 +174,10 @@ def compare(a, b, out, as_json, **opts):
 @click.option("--method", type=click.Choice(TRAIN_METHODS), default=default(NeuroPruneConfig, "method"),
               show_default=True, help="NeuroPrune or a baseline in the same harness.")
 @click.option("--target", type=float, default=None, help="Target sparsity of the MLP matrices (target mode).")
+@click.option("--neurons", "neuron_target", type=float, default=None,
+              help="Share of every MLP's hidden neurons pruned whole (structured; `topoprune compact` removes them).")
+@click.option("--heads", "head_target", type=float, default=None,
+              help="Share of every attention layer's heads pruned whole (structured).")
 @click.option("--schedule", type=click.Choice(sorted(SCHEDULES)), default=default(NeuroPruneConfig, "schedule"),
               show_default=True, help="Sparsity schedule in target mode.")
 @click.option("--frequency", type=int, default=None,
@@ -286,15 +213,16 @@ def compare(a, b, out, as_json, **opts):
 @click.option("--resume", is_flag=True,
               help="Continue OUT from its newest complete checkpoint (same settings; only the step budget may change).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT (or discard an interrupted run's checkpoints).")
-def train(model, data, method, target, schedule, frequency, mlp_weight, attn_weight, eps, theta, head_pruning, head_every, epochs,
-          max_steps, batch_size, lr, max_length, n_train, n_eval, seed, topology_every, save_steps, report_to, out,
-          resume, overwrite):
+def train(model, data, method, target, neuron_target, head_target, schedule, frequency, mlp_weight, attn_weight, eps,
+          theta, head_pruning, head_every, epochs, max_steps, batch_size, lr, max_length, n_train, n_eval, seed,
+          topology_every, save_steps, report_to, out, resume, overwrite):
     """Sparse training with NeuroPrune (or a baseline) and topology tracking."""
     from ..train.run import leave_process_group
     from ..train.run import train as run_train
 
     neuroprune = dict(method=method, mlp_weight=mlp_weight, attn_weight=attn_weight, eps=eps, theta=theta,
-                      head_pruning=head_pruning, head_every_steps=head_every, target=target, schedule=schedule,
+                      head_pruning=head_pruning, head_every_steps=head_every, target=target,
+                      neuron_target=neuron_target, head_target=head_target, schedule=schedule,
                       frequency=frequency, seed=seed)  # a dict: TrainConfig ends target mode after its schedule_fraction
     cfg = TrainConfig(model=model, data=data, out=str(out), epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                       lr=lr, max_length=max_length, n_train=n_train or None, n_eval=n_eval or None, seed=seed,
@@ -307,14 +235,21 @@ def train(model, data, method, target, schedule, frequency, mlp_weight, attn_wei
         leave_process_group(wait=False)  # a failing rank must not block in a barrier the others never reach
         raise
     leave_process_group(wait=True)
-    if not record:
-        return
-    m = record["metrics"]
-    total = [r for r in record["sparsity"] if r.get("level") == "total"]
-    click.echo(f"{record['task']}: {record['steps']} steps in {record['train_seconds']:.1f} s; "
-               + ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k in ("eval_accuracy", "eval_loss",
-                                                                        "eval_perplexity"))
-               + (f"; sparsity {total[0]['sparsity']:.3f}" if total else "") + f"; run in {out}/")
+    if record:
+        m = record["metrics"]
+        total = [r for r in record["sparsity"] if r.get("level") == "total"]
+        click.echo(f"{record['task']}: {record['steps']} steps in {record['train_seconds']:.1f} s; "
+                   + ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k in ("eval_accuracy", "eval_loss",
+                                                                            "eval_perplexity"))
+                   + (f"; sparsity {total[0]['sparsity']:.3f}" if total else "") + f"; run in {out}/")
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # A launched rank whose work is done and written leaves without interpreter teardown: gloo's
+        # threads can otherwise abort it ("terminate called without an active exception") after
+        # the run has finished, and the launcher would report the whole job as failed.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @main.command()

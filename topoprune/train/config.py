@@ -62,6 +62,11 @@ class NeuroPruneConfig:
         Q/K/V biases enter the head distance (the paper is silent; default weights only).
     target : float or None
         Sparsity in [0, 1) of the ``roles`` matrices at step ``end`` (target mode); None: paper mode.
+    neuron_target, head_target : float or None
+        Structured target mode (:mod:`~topoprune.train.structure`): the share in [0, 1) of every
+        MLP's hidden neurons and of every attention layer's heads pruned whole at step ``end``,
+        on the same schedule, chosen by graph strength (``neuroprune``), weight norm (``gmp``,
+        ``l1``) or at random (``random``). A compacted model then really is smaller.
     schedule, start, end, frequency, initial
         :class:`~topoprune.train.schedules.ScheduleConfig` fields of the target schedule. ``end``
         (the step the target is reached) is required for all but ``constant``, unless
@@ -89,6 +94,8 @@ class NeuroPruneConfig:
     head_every_steps: int | None = None
     head_include_bias: bool = False
     target: float | None = None
+    neuron_target: float | None = None
+    head_target: float | None = None
     schedule: str = "cubic"
     start: int = 0
     end: int | None = None
@@ -119,22 +126,35 @@ class NeuroPruneConfig:
             (bool(self.roles) and set(self.roles) <= set(SPARSIFIABLE),
              f"roles must be a non-empty subset of {SPARSIFIABLE}"),
             (self.target is None or (_num(self.target) and self.target < 1.0), "target sparsity must be in [0, 1)"),
-            (self.target is None or self.method != "dense", "method 'dense' trains without masks: leave target=None"),
-            (self.target is not None or self.method not in ("gmp", "random"),
-             f"method {self.method!r} needs a target sparsity (target=...)"),
+            (all(t is None or (_num(t) and t < 1.0) for t in (self.neuron_target, self.head_target)),
+             "neuron_target and head_target must be in [0, 1)"),
+            (not self.scheduled or self.method != "dense",
+             "method 'dense' trains without masks: leave target, neuron_target and head_target unset"),
+            (self.scheduled or self.method not in ("gmp", "random"),
+             f"method {self.method!r} needs a target sparsity (target=..., neuron_target=... or head_target=...)"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"{msg}; got {self._shown()}")
         if self.end_fraction is not None and not (_num(self.end_fraction, strict=True) and self.end_fraction <= 1):
             raise ConfigError(f"end_fraction must be in (0, 1], got {self.end_fraction!r}")
-        if self.target is not None:  # validates schedule, start, end, frequency, initial
+        if self.scheduled:  # validates schedule, start, end, frequency, initial
             if self.end is None and self.end_fraction is not None:  # the end comes with the step count
                 f = self.frequency if self.frequency is not None else 1
                 end, frequency = self.start + (f if _num(f, 1, integer=True) else 1), f
             else:
                 end, frequency = self._schedule_steps(None)
-            ScheduleConfig(self.target, self.schedule, self.initial, self.start, end, frequency)
+            ScheduleConfig(*self._schedule_target(), self.start, end, frequency)
+
+    @property
+    def scheduled(self) -> bool:
+        """A target (unstructured or structured) is reached on a schedule."""
+        return any(t is not None for t in (self.target, self.neuron_target, self.head_target))
+
+    def _schedule_target(self) -> tuple[float, str, float]:
+        if self.target is not None:
+            return self.target, self.schedule, self.initial
+        return max(self.neuron_target or 0.0, self.head_target or 0.0), self.schedule, 0.0
 
     def _shown(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
@@ -150,7 +170,7 @@ class NeuroPruneConfig:
     def resolved(self, total_steps: int | None = None) -> NeuroPruneConfig:
         """A copy with the schedule's ``end`` (from ``end_fraction`` of ``total_steps`` when unset)
         and ``frequency`` filled in; unchanged in paper mode."""
-        if self.target is None:
+        if not self.scheduled:
             return self
         end = self.end
         if end is None and self.end_fraction is not None and total_steps is not None:
@@ -166,13 +186,13 @@ class NeuroPruneConfig:
         ConfigError
             The end is given as ``end_fraction`` and not resolved yet (see :meth:`resolved`).
         """
-        if self.target is None:
+        if not self.scheduled:
             return None
         r = self.resolved()
         if r.end is None and r.schedule != "constant":
             raise ConfigError(f"end_fraction={self.end_fraction} needs the number of training steps: use "
                               "config.resolved(total_steps)")
-        return ScheduleConfig(r.target, r.schedule, r.initial, r.start, r.end, r.frequency)
+        return ScheduleConfig(*r._schedule_target(), r.start, r.end, r.frequency)
 
     def to_dict(self) -> dict:
         return dict(dataclasses.asdict(self), roles=list(self.roles))

@@ -60,6 +60,7 @@ from .config import SPARSIFIABLE, NeuroPruneConfig
 from .heads import HeadPruningDecision, prune_model_heads
 from .penalties import attachment_scores, attention_group_penalty, l1_penalty, preferential_attachment_penalty
 from .schedules import get_schedule
+from .structure import StructuredPruner
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,9 @@ class NeuroPrune:
             self.masks.update(s.tensor, torch.ones_like(self._p(s.tensor), dtype=torch.bool))
         self.head_decisions: list[HeadPruningDecision] = []
         self._removed, self._scores, self._priorities, self.step = {}, {}, {}, 0  # layer->heads, name->c, name->rand
+        self._structure = None
+        if cfg.neuron_target is not None or cfg.head_target is not None:
+            self._structure = StructuredPruner(self.binding, self.masks, cfg, self._layers, self._removed)
         self._threshold()
         self.masks.broadcast(0)
         self.masks.apply_to_weights(model)
@@ -175,14 +179,19 @@ class NeuroPrune:
         r"""Update and re-apply the masks after ``optimizer.step()``; ``step`` counts steps taken.
 
         In order: prune thresholded entries now below :math:`\varepsilon`; in target mode cut
-        the scheduled pieces to the schedule's sparsity at ``step``; zero pruned weights and
+        the scheduled pieces to the schedule's sparsity at ``step``; in structured target mode
+        prune whole neurons and heads to their scheduled shares; zero pruned weights and
         optimiser state; refresh :math:`c_i` when ``step % refresh_every == 0``; prune heads
         when ``head_pruning="steps"`` and ``step % head_every_steps == 0``.
         """
         cfg, self.step, sched = self.config, int(step), self._schedule
         self._threshold()
         self._apply_schedule(self.step)  # sync on a function of the step alone, so every rank joins in:
-        if (sched and sched(self.step) != sched(self.step - 1)) or (cfg.sync_every and self.step % cfg.sync_every == 0):
+        if self._structure is not None:
+            self._structure.apply(self.step)
+        updated = sched is not None and sched(self.step) != sched(self.step - 1)
+        if updated or (self._structure is not None and self._structure.due(self.step)) \
+                or (cfg.sync_every and self.step % cfg.sync_every == 0):
             self.masks.broadcast(0)
         self.masks.apply_to_weights(self.model)
         self.masks.apply_to_optimizer(optimizer, self.model)
@@ -302,8 +311,11 @@ class NeuroPrune:
         for s in self._scheduled:  # a state saved under another config may lack them
             self.masks.update(s.tensor, torch.ones_like(self._p(s.tensor), dtype=torch.bool))
         self.head_decisions = [HeadPruningDecision.from_dict(d) for d in state.get("head_decisions", [])]
-        self._removed = {d.layer: tuple(sorted({h for e in self.head_decisions if e.layer == d.layer
-                                                for h in e.replaced_by})) for d in self.head_decisions}
+        self._removed.clear()  # updated in place: the structured pruner shares it
+        self._removed.update({d.layer: tuple(sorted({h for e in self.head_decisions if e.layer == d.layer
+                                                     for h in e.replaced_by})) for d in self.head_decisions})
+        if self._structure is not None:
+            self._structure.restore()
         self.step = int(state.get("step", 0))
         for s in self._bound:
             if s.name in (state.get("scores") or {}):

@@ -199,3 +199,21 @@ def l1_penalty(weight: torch.Tensor) -> torch.Tensor:
         A scalar.
     """
     return _acc(weight).abs().sum()
+
+
+def strengths(weight: torch.Tensor, eps: float = EPSILON) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Weighted degrees of ``weight``'s bipartite graph (edges :math:`|w| \ge \varepsilon`).
+
+    The same graph as :func:`attachment_scores`
+    (:meth:`~topoprune.graph.bipartite.BipartiteGraph.in_strength` and ``out_strength``).
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        Row strengths :math:`\sum_j |W_{ij}|` [out] and column strengths :math:`\sum_i |W_{ij}|`
+        [in], float32 on the CPU, over edges only.
+    """
+    _check_matrix(weight, "weight")
+    graph = bipartite_graph(weight.detach().cpu(), GraphConfig(threshold=eps, mode="threshold"))
+    return (torch.as_tensor(graph.in_strength(), dtype=torch.float32),
+            torch.as_tensor(graph.out_strength(), dtype=torch.float32))

@@ -113,7 +113,8 @@ class TrainConfig:
         _check_report_to(self.report_to)
         if isinstance(self.neuroprune, dict):
             opts = dict(self.neuroprune)
-            if opts.get("target") is not None and opts.get("end") is None:
+            if any(opts.get(t) is not None for t in ("target", "neuron_target", "head_target")) \
+                    and opts.get("end") is None:
                 opts.setdefault("end_fraction", self.schedule_fraction)
             object.__setattr__(self, "neuroprune", NeuroPruneConfig(**opts))
         if not isinstance(self.neuroprune, NeuroPruneConfig):
@@ -123,7 +124,7 @@ class TrainConfig:
     def neuroprune_config(self, total_steps: int) -> NeuroPruneConfig:
         """The NeuroPrune settings, with the schedule's end (and frequency) resolved from ``total_steps``."""
         npc = self.neuroprune
-        if npc.target is not None and npc.end is None and npc.end_fraction is None:
+        if npc.scheduled and npc.end is None and npc.end_fraction is None:
             npc = dataclasses.replace(npc, end_fraction=self.schedule_fraction)
         return npc.resolved(total_steps)
 
