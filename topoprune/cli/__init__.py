@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..graph.config import NONFINITE, AnalysisConfig, GraphConfig, ModularityConfig
 from ..oneshot.prune import ALLOCATIONS, GROUPS, NEUROAL_STEPS, PRUNERS, OneShotConfig
 from ..oneshot.run import EvalConfig
-from ..train.config import DEFAULT_FREQUENCY, HEAD_MODES, TRAIN_METHODS, NeuroPruneConfig
+from ..train.config import DEFAULT_FREQUENCY, HEAD_MODES, PENALTY_FORMS, TRAIN_METHODS, NeuroPruneConfig
 from ..train.run import TrainConfig
 from ..train.schedules import SCHEDULES
 from .group import REFUSED_PICKLE, Group, setup_logging  # noqa: F401 (REFUSED_PICKLE: part of the interface)
@@ -186,6 +186,8 @@ def compare(a, b, out, as_json, **opts):
               help="MLP penalty weight.")
 @click.option("--beta", "attn_weight", type=float, default=default(NeuroPruneConfig, "attn_weight"),
               show_default=True, help="Attention penalty weight.")
+@click.option("--penalty-form", type=click.Choice(PENALTY_FORMS), default=default(NeuroPruneConfig, "penalty_form"),
+              show_default=True, help="Penalties through the loss (paper) or as proximal steps after each update.")
 @click.option("--eps", type=float, default=default(NeuroPruneConfig, "eps"), show_default=True,
               help="|w| below which a weight is pruned.")
 @click.option("--theta", type=float, default=default(NeuroPruneConfig, "theta"), show_default=True,
@@ -213,15 +215,15 @@ def compare(a, b, out, as_json, **opts):
 @click.option("--resume", is_flag=True,
               help="Continue OUT from its newest complete checkpoint (same settings; only the step budget may change).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT (or discard an interrupted run's checkpoints).")
-def train(model, data, method, target, neuron_target, head_target, schedule, frequency, mlp_weight, attn_weight, eps,
-          theta, head_pruning, head_every, epochs, max_steps, batch_size, lr, max_length, n_train, n_eval, seed,
-          topology_every, save_steps, report_to, out, resume, overwrite):
+def train(model, data, method, target, neuron_target, head_target, schedule, frequency, mlp_weight, attn_weight,
+          penalty_form, eps, theta, head_pruning, head_every, epochs, max_steps, batch_size, lr, max_length, n_train,
+          n_eval, seed, topology_every, save_steps, report_to, out, resume, overwrite):
     """Sparse training with NeuroPrune (or a baseline) and topology tracking."""
     from ..train.run import leave_process_group
     from ..train.run import train as run_train
 
-    neuroprune = dict(method=method, mlp_weight=mlp_weight, attn_weight=attn_weight, eps=eps, theta=theta,
-                      head_pruning=head_pruning, head_every_steps=head_every, target=target,
+    neuroprune = dict(method=method, mlp_weight=mlp_weight, attn_weight=attn_weight, penalty_form=penalty_form,
+                      eps=eps, theta=theta, head_pruning=head_pruning, head_every_steps=head_every, target=target,
                       neuron_target=neuron_target, head_target=head_target, schedule=schedule,
                       frequency=frequency, seed=seed)  # a dict: TrainConfig ends target mode after its schedule_fraction
     cfg = TrainConfig(model=model, data=data, out=str(out), epochs=epochs, max_steps=max_steps, batch_size=batch_size,

@@ -21,6 +21,8 @@ from .schedules import ScheduleConfig
 TRAIN_METHODS = ("neuroprune", "dense", "l1", "gmp", "random")
 #: When redundant heads are pruned.
 HEAD_MODES = ("epoch", "steps", "off")
+#: How the penalties act: through the loss's gradient (the paper), or as proximal steps (:mod:`~topoprune.train.proximal`).
+PENALTY_FORMS = ("gradient", "proximal")
 #: Steps between mask re-cuts in target mode, at most (``pruning_frequency=10``, the default of
 #: TensorFlow's ``model_pruning`` library that implemented Zhu & Gupta's schedule); re-cutting
 #: every step costs an O(n) selection per matrix per step (~12 % of a MiniLM step).
@@ -48,6 +50,11 @@ class NeuroPruneConfig:
     mlp_weight, attn_weight : float
         :math:`\alpha` (MLP term) and :math:`\beta` (attention term), >= 0. The paper tunes
         both over {1e-7, ..., 0.1} without saying which is which; default 1e-6.
+    penalty_form : {"gradient", "proximal"}
+        ``gradient``: the penalties join the loss (the paper). ``proximal``: they are left out of
+        the loss and applied after every optimiser step as soft thresholds scaled by the
+        optimiser's per-weight step sizes (:mod:`~topoprune.train.proximal`), so that weights
+        reach :math:`|w| < \varepsilon` within a short fine-tuning run.
     eps, theta : float
         Connection threshold :math:`\varepsilon > 0` (paper: 1e-4); head-similarity
         threshold :math:`\theta \ge 0` (paper default 0.15).
@@ -87,6 +94,7 @@ class NeuroPruneConfig:
     method: str = "neuroprune"
     mlp_weight: float = 1e-6
     attn_weight: float = 1e-6
+    penalty_form: str = "gradient"
     eps: float = EPSILON
     theta: float = THETA
     refresh_every: int = 50
@@ -112,6 +120,7 @@ class NeuroPruneConfig:
         object.__setattr__(self, "roles", tuple(self.roles))
         checks = [
             (self.method in TRAIN_METHODS, f"method must be one of {TRAIN_METHODS}"),
+            (self.penalty_form in PENALTY_FORMS, f"penalty_form must be one of {PENALTY_FORMS}"),
             (_num(self.mlp_weight), "mlp_weight (alpha) must be a finite number >= 0"),
             (_num(self.attn_weight), "attn_weight (beta) must be a finite number >= 0"),
             (_num(self.eps, strict=True), "eps must be a finite number > 0"),

@@ -60,6 +60,7 @@ from .config import SPARSIFIABLE, NeuroPruneConfig
 from .heads import HeadPruningDecision, prune_model_heads
 from .penalties import attachment_scores, attention_group_penalty, l1_penalty, preferential_attachment_penalty
 from .schedules import get_schedule
+from .proximal import prox_groups, prox_rows
 from .structure import StructuredPruner
 
 log = logging.getLogger(__name__)
@@ -140,11 +141,14 @@ class NeuroPrune:
 
         ``neuroprune``: :math:`\alpha \sum_W \sum_i \lVert W_{i,:}\rVert_1 / c_i + \beta
         \sum_\ell R_\text{att}(\ell)`; ``l1``: :math:`\alpha \sum |W_\text{mlp}| + \beta
-        \sum |W_{qkv}|`; ``dense``, ``gmp``, ``random``: zero (no gradient).
+        \sum |W_{qkv}|`; ``dense``, ``gmp``, ``random``, and every method with
+        ``penalty_form="proximal"``: zero (no gradient).
         """
         cfg = self.config
         total = torch.zeros((), dtype=torch.float32, device=self._p(self._bound[0].tensor).device)
         alpha, beta, qkv = cfg.mlp_weight, cfg.attn_weight, [la.qkv for la in self._layers]
+        if cfg.penalty_form == "proximal":  # applied as proximal steps after the optimiser step
+            return total
         if cfg.method == "neuroprune":
             if alpha and self._pa:
                 total = total + alpha * sum(preferential_attachment_penalty(self._w(s), self._scores[s.name])
@@ -185,6 +189,8 @@ class NeuroPrune:
         when ``head_pruning="steps"`` and ``step % head_every_steps == 0``.
         """
         cfg, self.step, sched = self.config, int(step), self._schedule
+        if cfg.penalty_form == "proximal" and optimizer is not None:
+            self._proximal(optimizer)
         self._threshold()
         self._apply_schedule(self.step)  # sync on a function of the step alone, so every rank joins in:
         if self._structure is not None:
@@ -198,6 +204,23 @@ class NeuroPrune:
         if self.step % cfg.refresh_every == 0:
             self._refresh_scores()
         self.maybe_prune_heads(self.step, optimizer)
+
+    def _proximal(self, optimizer) -> None:
+        """The penalties' proximal steps (:mod:`~topoprune.train.proximal`), after ``optimizer.step()``."""
+        cfg = self.config
+        if cfg.method not in ("neuroprune", "l1"):
+            return
+        pa = cfg.method == "neuroprune"
+        if cfg.mlp_weight:
+            for s in self._pa:
+                prox_rows(self.binding, s, optimizer, cfg.mlp_weight, 1.0 / self._scores[s.name] if pa else None)
+        if cfg.attn_weight:
+            for la in self._layers:
+                if pa:
+                    prox_groups(self.binding, la.qkv, optimizer, cfg.attn_weight, cfg.delta)
+                else:
+                    for s in la.qkv:
+                        prox_rows(self.binding, s, optimizer, cfg.attn_weight)
 
     def _threshold(self) -> None:
         with torch.no_grad():
