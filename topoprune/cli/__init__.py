@@ -37,12 +37,20 @@ SUMMARY_COLUMNS = ["key", "n_matrices", "in_mean", "in_conn_sd", "in_gini", "in_
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="topoprune")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars (they are shown only on a terminal anyway).")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.pass_context
-def main(ctx, verbose, debug):
+def main(ctx, verbose, quiet, debug):
     """Transformers as networks: weight graphs, degree distributions, power-law fits, modularity."""
-    ctx.obj = {"debug": debug}
+    ctx.obj = {"debug": debug, "quiet": quiet}
     setup_logging(verbose)
+
+
+def show_progress() -> bool:
+    """Progress bars on stderr: only on a terminal, and not under ``--quiet``."""
+    ctx = click.get_current_context(silent=True)
+    quiet = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
+    return sys.stderr.isatty() and not quiet
 
 
 def _analysis_options(f):
@@ -76,7 +84,7 @@ def _run_analysis(checkpoint, progress=True, **opts):
     from ..graph.analysis import analyze_report
 
     source, kwargs = analysis_request(checkpoint, **opts)
-    return analyze_report(source, progress=progress and sys.stderr.isatty(), **kwargs)
+    return analyze_report(source, progress=progress and show_progress(), **kwargs)
 
 
 def _print_table(df, columns):
@@ -111,7 +119,7 @@ def analyze(checkpoint, out, overwrite, plots, as_json, **opts):
     source, kwargs = analysis_request(checkpoint, **opts)
     check_input(source)
     target = OutputDir(out, kind="report", overwrite=overwrite, reads=[source])  # refuses a bad OUT before any work
-    report = analyze_report(source, progress=sys.stderr.isatty(), **kwargs)
+    report = analyze_report(source, progress=show_progress(), **kwargs)
     summary = summarize(report)
     with target:
         save_report(report, target.path, summary=summary)
@@ -231,7 +239,7 @@ def train(model, data, method, target, neuron_target, head_target, schedule, fre
                       topology_every=topology_every, save_steps=save_steps, report_to=tuple(report_to),
                       neuroprune=neuroprune)
     try:
-        record = run_train(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(),
+        record = run_train(cfg, resume=resume, overwrite=overwrite, progress=show_progress(),
                            announce=lambda msg: click.echo(msg, err=True))
     except BaseException:
         leave_process_group(wait=False)  # a failing rank must not block in a barrier the others never reach
@@ -311,7 +319,7 @@ def oneshot(model, method, sparsity, allocation, owl_m, owl_lambda, neuroal_step
                         n_search=n_search, seq_len=seq_len, seed=seed, batch_size=batch_size)
     evaluation = EvalConfig(eval_tokens=eval_tokens if evaluate else None, window=window, stride=stride,
                             analyze=analyze_topology, fits=fits, modularity=modularity)
-    record = run_oneshot(model, out, cfg, evaluation, overwrite=overwrite, progress=sys.stderr.isatty())
+    record = run_oneshot(model, out, cfg, evaluation, overwrite=overwrite, progress=show_progress())
     ppl = record["perplexity"]
     lams = ", ".join(f"λ_{k} {record[f'lambda_{k}']:.2f}" for k in ("block", "row")
                      if record.get(f"lambda_{k}") is not None)

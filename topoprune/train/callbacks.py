@@ -11,6 +11,7 @@ Hook order (the three mask sites of :class:`~topoprune.graph.masks.MaskSet`):
                         ``topology_every`` steps, logged through ``Trainer.log``
 ``on_epoch_end``        dominating-set head pruning (the paper's default)
 ``on_evaluate``         topology snapshot logged with the evaluation
+``on_train_end``        last snapshot completed; the degree CCDF image to TensorBoard
 ``on_save``             ``masks.safetensors`` and the topology history written into the
                         checkpoint, then its completion mark (:mod:`topoprune.train.rundir`), then
                         older checkpoints rotated away
@@ -33,11 +34,19 @@ from ..errors import CheckpointError, TopopruneError
 from .neuroprune import NeuroPrune
 from .rundir import mark_complete, rotate
 from .topology import TopologyHistory, topology_snapshot
+from .tracker import BACKGROUND_NICE, TopologyTracker
 
 log = logging.getLogger(__name__)
 
 #: Topology snapshots of a run (and of each checkpoint, so a resumed run keeps its history).
 HISTORY_FILE = "topology_history.csv"
+
+
+def _summary(snap: dict) -> str:
+    """One line of a snapshot for ``-v``: sparsity, connectivity sd and heads left."""
+    parts = [f"{k.replace('/', ' ')} {v:.3g}" for k, v in snap.items()
+             if v is not None and k in ("mlp/sparsity", "attention/sparsity", "mlp/in_conn_sd", "heads/remaining")]
+    return ", ".join(parts) or "no attention or MLP matrices"
 
 
 def _barrier() -> None:
@@ -61,6 +70,11 @@ class NeuroPruneCallback(TrainerCallback):
         Where snapshots are collected (a new one by default).
     topology_fits : bool
         Fit power laws in snapshots (costs ~10 ms per matrix).
+    topology_background : bool
+        Fits and modularity in a background process (:class:`~topoprune.train.tracker.TopologyTracker`):
+        a snapshot then costs the training loop only its degree statistics. Completed
+        snapshots are merged into the history (and logged) when ready; evaluation, checkpoints
+        and the end of training wait for the pending ones, so what is saved is complete.
     keep_checkpoints : int or None
         Complete checkpoints kept (older ones are removed only once a newer one is complete);
         ``None`` keeps all. :class:`NeuroPruneTrainer` takes this over from the Trainer's
@@ -74,12 +88,17 @@ class NeuroPruneCallback(TrainerCallback):
     """
 
     def __init__(self, neuroprune: NeuroPrune, *, topology_every: int = 50, history: TopologyHistory | None = None,
-                 topology_fits: bool = True, keep_checkpoints: int | None = None):
+                 topology_fits: bool = True, keep_checkpoints: int | None = None, topology_background: bool = True):
         self.neuroprune = neuroprune
         self.keep_checkpoints = keep_checkpoints
         self.topology_every = int(topology_every)
         self.history = history or TopologyHistory()
         self.topology_fits = topology_fits
+        self.topology_background = topology_background
+        self.topology_nice = BACKGROUND_NICE  # niceness of the background process
+        self.tracker: TopologyTracker | None = None
+        self.board = None  # TopologyBoard, when the Trainer reports to TensorBoard
+        self._board_checked = False
         self.trainer: Trainer | None = None
         self._epochs_done = 0
 
@@ -102,6 +121,8 @@ class NeuroPruneCallback(TrainerCallback):
             self._end_epoch(round(epoch), optimizer)
         if self.topology_every and state.global_step % self.topology_every == 0:
             self.snapshot(state)
+        if self.tracker is not None:
+            self._collect(wait=False)
 
     def on_epoch_end(self, args, state, control, optimizer=None, **kwargs):
         self._end_epoch(round(state.epoch or 0), optimizer)
@@ -115,18 +136,29 @@ class NeuroPruneCallback(TrainerCallback):
             log.info("epoch %d: %d layer(s) lost heads", epoch, len(decisions))
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        snap = self.snapshot(state, log_it=False)
+        snap = self.snapshot(state, log_it=False, complete=True)
         if metrics is not None:
             metrics.update({f"eval_topology/{k}": v for k, v in snap.items() if v is not None})
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.snapshot(state, log_it=False)
+        self.snapshot(state, complete=True)
+        if self.board is not None and self.tracker is not None:
+            try:
+                self.board.ccdf_image(self.tracker.degrees, state.global_step)
+            except Exception as exc:  # a figure is a convenience: never fail a finished run over it
+                log.warning("TensorBoard CCDF image not written: %s", exc)
+            self.board.close()
+            self.board = None
+        if self.tracker is not None:
+            self.tracker.close()
 
     def on_save(self, args, state, control, **kwargs):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         _barrier()  # every rank has written its part (RNG state) of the checkpoint
         if ckpt.is_dir() and state.is_world_process_zero:
             self.neuroprune.save(ckpt)
+            if self.tracker is not None:
+                self._collect(wait=True)  # a checkpoint holds complete snapshots
             self.history.save(ckpt / HISTORY_FILE)
             mark_complete(ckpt, state.global_step)  # last: only now may the checkpoint be resumed from
             if self.keep_checkpoints:
@@ -134,16 +166,68 @@ class NeuroPruneCallback(TrainerCallback):
         _barrier()
 
     # -- topology ------------------------------------------------------------------------
-    def snapshot(self, state, log_it: bool = True) -> dict:
-        """Measure the topology now, add it to the history and (optionally) to the Trainer's logs."""
-        if self.history.rows and self.history.rows[-1]["step"] == state.global_step:
-            return {k: v for k, v in self.history.rows[-1].items() if k not in ("step", "epoch")}
-        snap = topology_snapshot(self.neuroprune.model, eps=self.neuroprune.config.eps, fits=self.topology_fits,
-                                 heads_remaining=self.neuroprune.heads_remaining())
-        self.history.add(state.global_step, state.epoch, snap)
-        if log_it and self.trainer is not None:
-            self.trainer.log({f"topology/{k}": v for k, v in snap.items() if v is not None})
-        return snap
+    def snapshot(self, state, log_it: bool = True, complete: bool = False) -> dict:
+        """Measure the topology now, add it to the history and (optionally) to the Trainer's logs.
+
+        Only the main process measures. With a background tracker the power-law fits and the
+        modularity arrive later (:meth:`_collect`); ``complete`` waits for them.
+        """
+        if not state.is_world_process_zero:
+            return {}
+        if not (self.history.rows and self.history.rows[-1]["step"] == state.global_step):
+            if self.tracker is None:
+                self.tracker = TopologyTracker(self.neuroprune.model, eps=self.neuroprune.config.eps,
+                                               fits=self.topology_fits, background=self.topology_background,
+                                               nice=self.topology_nice)
+            snap = self.tracker.snapshot(state.global_step, self.neuroprune.heads_remaining())
+            self.history.add(state.global_step, state.epoch, snap)
+            board = self._board()
+            if board is not None:
+                board.histograms(self.tracker.degrees, state.global_step)
+            if log_it:
+                self._log({f"topology/{k}": v for k, v in snap.items() if v is not None})
+            log.info("step %d: %s", state.global_step, _summary(snap))
+        if complete and self.tracker is not None:
+            self._collect(wait=True, log_it=log_it)
+        return {k: v for k, v in self.history.rows[-1].items() if k not in ("step", "epoch")}
+
+    def _board(self):
+        """The TensorBoard writer of degree histograms, made at the first snapshot (or ``None``)."""
+        if not self._board_checked:
+            self._board_checked = True
+            if self.trainer is not None:
+                from .board import TopologyBoard, tensorboard_dir
+
+                where = tensorboard_dir(self.trainer)
+                if where is not None:
+                    self.board = TopologyBoard(where)
+        return self.board
+
+    def _collect(self, wait: bool, log_it: bool = True) -> None:
+        """Merge the completed background snapshots into the history; log what they add, at the
+        step of the snapshot they complete."""
+        done = self.tracker.finish() if wait else self.tracker.poll()
+        for step, snap in done:
+            added = self.history.update(step, snap)
+            if log_it and added:
+                self._log({f"topology/{k}": v for k, v in added.items() if v is not None}, step=step)
+
+    def _log(self, logs: dict, step: int | None = None) -> None:
+        """``trainer.log`` (at ``step`` rather than the current step, if given) without taking the
+        Trainer's own log of this step away: ``Trainer.log`` clears ``control.should_log``, and
+        under DDP only the main process logs topology, so the ranks would disagree about the
+        collective the Trainer's logging runs."""
+        if self.trainer is None:
+            return
+        state = self.trainer.state
+        keep, now = self.trainer.control.should_log, state.global_step
+        if step is not None:
+            state.global_step = step  # integrations (TensorBoard) and log_history take the step from here
+        try:
+            self.trainer.log(logs)
+        finally:
+            state.global_step = now
+            self.trainer.control.should_log = keep
 
 
 class NeuroPruneTrainer(Trainer):

@@ -289,6 +289,10 @@ class NeuroPrune:
         """Heads left per attention layer (``{layer: n}``), after dominating-set pruning."""
         return {la.key: la.n_heads - len(self._removed.get(la.key, ())) for la in self._layers if la.n_heads}
 
+    def heads_total(self) -> int:
+        """Heads of every attention layer before any was pruned."""
+        return sum(la.n_heads for la in self._layers if la.n_heads)
+
     def sparsity_report(self):
         r"""Achieved sparsity per matrix piece, per role and in total: a ``pandas.DataFrame``.
 

@@ -216,6 +216,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     Parameters
     ----------
+    progress : bool
+        A progress bar on stderr (steps, loss, share of masked weights, heads left;
+        :class:`~topoprune.train.progress.TrainProgress`).
     announce : callable, optional
         Receives one-line notices a user should see (which checkpoint a run resumes from,
         where an interrupted run's checkpoints are); default: ``logging`` at INFO.
@@ -267,16 +270,19 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         save_steps=config.save_steps, save_total_limit=config.keep_checkpoints,
         eval_strategy="epoch" if config.max_steps <= 0 else "no",
         logging_steps=max(1, min(50, config.topology_every or 50)), report_to=list(config.report_to) or "none",
-        disable_tqdm=not progress, use_cpu=not torch.cuda.is_available(), remove_unused_columns=False,
+        disable_tqdm=True, use_cpu=not torch.cuda.is_available(), remove_unused_columns=False,
         ddp_find_unused_parameters=False)
     collator = data.collator if data.task != "seq2seq" else DataCollatorForSeq2Seq(tokenizer, model=model)
     trainer = NeuroPruneTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                                 data_collator=collator, compute_metrics=_metrics_fn(data.task), neuroprune=npr,
                                 topology_every=config.topology_every)
-    if not progress:  # no dict-per-log printing on stdout; logs still reach report_to and log_history
-        from transformers import PrinterCallback
+    from transformers import PrinterCallback
 
-        trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(PrinterCallback)  # no dict per log on stdout; logs still reach report_to and log_history
+    if progress:
+        from .progress import TrainProgress
+
+        trainer.add_callback(TrainProgress(npr))
     run.open()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()  # rank 0 has prepared the staging directory

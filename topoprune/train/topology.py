@@ -85,6 +85,10 @@ def summarize_topology(df: pd.DataFrame, heads_remaining: dict | None = None) ->
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in out.items()}
 
 
+def _both_nan(a, b) -> bool:
+    return isinstance(a, float) and isinstance(b, float) and a != a and b != b
+
+
 class TopologyHistory:
     """Snapshots over training: one row per ``(step, epoch)``; writes ``topology_history.csv``."""
 
@@ -93,6 +97,15 @@ class TopologyHistory:
 
     def add(self, step: int, epoch: float | None, metrics: dict) -> None:
         self.rows.append({"step": int(step), "epoch": epoch, **metrics})
+
+    def update(self, step: int, metrics: dict) -> dict:
+        """Complete the snapshot of ``step`` with ``metrics``; return the entries that changed."""
+        for row in reversed(self.rows):
+            if row["step"] == int(step):
+                changed = {k: v for k, v in metrics.items() if row.get(k) != v and not _both_nan(row.get(k), v)}
+                row.update(metrics)
+                return changed
+        return {}
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)

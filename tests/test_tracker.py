@@ -1,0 +1,135 @@
+"""Topology during training: degrees in the training process, fits and modularity in the background,
+and the completed snapshots equal to the synchronous analysis."""
+import math
+
+import pytest
+import torch
+
+from topoprune.models import build_model, load_tokenizer
+from topoprune.train.topology import topology_snapshot
+from topoprune.train.tracker import TopologyTracker
+
+
+def _same(a: dict, b: dict) -> bool:
+    assert a.keys() == b.keys(), (a.keys() ^ b.keys())
+    for k in a:
+        x, y = a[k], b[k]
+        if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+            continue
+        assert x == y, (k, x, y)
+    return True
+
+
+@pytest.fixture(scope="module")
+def sparse_bert():
+    torch.manual_seed(0)
+    model = build_model("tiny-bert", "classification", load_tokenizer(), 2)
+    with torch.no_grad():  # pruned entries and a dead neuron, as during training
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and "encoder" in name:
+                p[p.abs() < 0.015] = 0
+        model.bert.encoder.layer[0].intermediate.dense.weight[:3] = 0
+    return model
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_completed_snapshot_equals_the_synchronous_analysis(sparse_bert, background):
+    heads = {"encoder.0": 3, "encoder.1": 4}
+    sync = topology_snapshot(sparse_bert, eps=1e-4, heads_remaining=heads)
+    tracker = TopologyTracker(sparse_bert, eps=1e-4, background=background, nice=0)
+    try:
+        cheap = tracker.snapshot(7, heads)
+        done = tracker.finish()
+    finally:
+        tracker.close()
+    assert [s for s, _ in done] == [7]
+    assert _same(done[0][1], sync)
+    assert cheap["mlp/sparsity"] == sync["mlp/sparsity"] and cheap["mlp/in_conn_sd"] == sync["mlp/in_conn_sd"]
+    assert cheap.get("mlp/modularity") is None and sync["mlp/modularity"] is not None  # the part that waits
+
+
+def test_training_history_is_complete_and_equal_to_synchronous(tmp_path):
+    from transformers import TrainingArguments
+
+    from topoprune.train.callbacks import NeuroPruneTrainer
+    from topoprune.train.neuroprune import NeuroPrune, NeuroPruneConfig
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return 48
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(i)
+            return {"input_ids": torch.randint(1, 500, (12,), generator=g), "labels": i % 2}
+
+    histories = []
+    for background in (True, False):
+        torch.manual_seed(0)
+        model = build_model("tiny-bert", "classification", load_tokenizer(), 2)
+        np_ = NeuroPrune(model, NeuroPruneConfig(target=0.6, end=6, mlp_weight=0.0, attn_weight=0.0))
+        args = TrainingArguments(output_dir=str(tmp_path / str(background)), per_device_train_batch_size=8,
+                                 max_steps=6, learning_rate=1e-3, save_strategy="no", report_to="none",
+                                 use_cpu=True, seed=0, disable_tqdm=True, logging_steps=2)
+        trainer = NeuroPruneTrainer(model=model, args=args, train_dataset=Data(), neuroprune=np_, topology_every=2)
+        trainer.np_callback.topology_background = background
+        trainer.np_callback.topology_nice = 0  # a test on a busy machine should not wait for idle cores
+        trainer.train()
+        histories.append(trainer.np_callback.history.frame())
+    bg, sync = histories
+    assert list(bg["step"]) == [2, 4, 6]
+    assert bg["mlp/modularity"].notna().all() and bg["mlp/in_alpha"].notna().all()
+    assert bg.drop(columns=["epoch"]).equals(sync.drop(columns=["epoch"]))
+
+
+def raising_work(jobs, fit, modularity):
+    raise ValueError("a metric failed")
+
+
+def dying_work(jobs, fit, modularity):
+    import os
+
+    os._exit(3)
+
+
+class _Count(__import__("logging").Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.parametrize("work", [raising_work, dying_work], ids=["raises", "dies"])
+def test_failed_background_work_is_reported_once_and_snapshots_go_on(sparse_bert, work):
+    import logging
+
+    handler = _Count()
+    logger = logging.getLogger("topoprune.train.tracker")
+    logger.addHandler(handler)
+    tracker = TopologyTracker(sparse_bert, eps=1e-4, nice=0, work=work)
+    try:
+        first = tracker.snapshot(1)
+        assert tracker.finish() == []  # nothing completes
+        second = tracker.snapshot(2)
+        tracker.snapshot(3)
+        assert tracker.finish() == [] and tracker.poll() == []
+    finally:
+        tracker.close()
+        logger.removeHandler(handler)
+    assert tracker.failed and ("ValueError" in tracker.failed or "Broken" in tracker.failed)
+    assert len([m for m in handler.messages if "stopped" in m]) == 1
+    assert first["mlp/sparsity"] == second["mlp/sparsity"] > 0  # degree statistics still measured
+    assert {"mlp_in", "mlp_out", "q"} <= set(tracker.degrees)  # per role, for histograms
+
+
+def test_degrees_per_role_concatenate_the_matrices(sparse_bert):
+    tracker = TopologyTracker(sparse_bert, eps=1e-4, fits=False, modularity=False)
+    tracker.snapshot(0)
+    roles = {s.role for s in tracker.specs}
+    assert set(tracker.degrees) == roles
+    for role, (ins, outs) in tracker.degrees.items():
+        specs = [s for s in tracker.specs if s.role == role]
+        assert len(ins) == sum(tracker.binding.weight(s).shape[0] for s in specs)
+        assert len(outs) == sum(tracker.binding.weight(s).shape[1] for s in specs)
+        assert ins.sum() == outs.sum()  # both count the same edges

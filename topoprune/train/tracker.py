@@ -1,0 +1,227 @@
+"""Topology during training without stalling it: degrees now, fits and modularity in the background.
+
+A synchronous snapshot (:func:`~topoprune.train.topology.topology_snapshot`) runs the whole analysis
+in the training process -- on MiniLM about 2.6 s, several training steps, every time. A
+:class:`TopologyTracker` splits the same computation:
+
+* **now, in the training process**: the edges of every attention and MLP matrix (the analysis's own
+  edge rule, :func:`~topoprune.graph.bipartite.select_edges`, ``|w| >= eps``, on the training
+  device) and their degrees -- vectorised row and column counts -- and the degree statistics
+  (:func:`~topoprune.graph.metrics.degree_stats`): sparsity, degree sd, connectivity sd, Gini,
+  dead neurons. A few milliseconds per matrix;
+* **later, in one background process** at low priority: the power-law fits of the in-degrees and
+  the Leiden modularity of the MLP graphs, from the degree sequences and a bit-packed copy of each
+  MLP edge mask (a few hundred kB). :meth:`TopologyTracker.poll` collects the snapshots that are
+  ready, with the step they belong to; :meth:`TopologyTracker.finish` waits for the rest.
+
+The completed snapshot equals the synchronous one (the same edges, degrees, fit and Leiden seed;
+a test compares them). If the background work fails -- the process dies, or raises -- the failure
+is reported once (a warning) and training goes on with the degree statistics only.
+
+The degree sequences of the last snapshot stay available per role (:attr:`TopologyTracker.degrees`)
+for TensorBoard histograms and end-of-run figures.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..graph.binding import Binding
+from ..graph.bipartite import from_mask, select_edges
+from ..graph.config import FitConfig, GraphConfig, ModularityConfig
+from ..graph.fits import fit_degrees
+from ..graph.metrics import degree_stats, edge_modularity
+from ..graph.roles import ATTENTION_ROLES, MLP_ROLES
+from .topology import summarize_topology
+
+log = logging.getLogger(__name__)
+
+#: Niceness of the background process: training keeps the cores it needs.
+BACKGROUND_NICE = 15
+
+
+def _background_init(parent: int, nice: int) -> None:
+    from ..graph.workers import worker_init
+
+    worker_init(parent)
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:  # pragma: no cover - not permitted
+            pass
+
+
+def heavy_metrics(jobs: list, fit: FitConfig | None, modularity: ModularityConfig | None) -> dict:
+    """In-degree power-law fits and MLP modularity of a snapshot's matrices (run in the background).
+
+    Parameters
+    ----------
+    jobs : list of (name, in_degrees, packed_mask or None, shape)
+        ``packed_mask`` (``numpy.packbits`` of the ``[out, in]`` edge mask) is given for the
+        matrices whose modularity is wanted.
+    """
+    out = {}
+    for name, in_deg, packed, shape in jobs:
+        row = {}
+        if fit is not None:
+            f = fit_degrees(in_deg, fit).as_dict("in_")
+            row.update(in_alpha=f["in_alpha"], in_verdict=f["in_verdict"])
+        if modularity is not None and packed is not None:
+            bits = np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+            g = from_mask(torch.from_numpy(bits))
+            com = edge_modularity(g.n_in + g.n_out, g.edge_list(), None, modularity)
+            row.update(modularity=com.modularity, n_communities=com.n_communities)
+        out[name] = row
+    return out
+
+
+class TopologyTracker:
+    """Snapshots of a training model's topology: cheap statistics now, the rest in the background.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model being trained (wrappers such as DDP are unwrapped).
+    eps : float
+        Edges are weights with ``|w| >= eps``.
+    fits, modularity : bool
+        In-degree power-law fits; Leiden modularity of the MLP matrices.
+    seed : int
+        Seed of the community detection.
+    background : bool
+        Run fits and modularity in a background process (else at once, in this process).
+    nice : int
+        Niceness of the background process (:data:`BACKGROUND_NICE`; 0: as the training process).
+    work : callable
+        The background computation, ``work(jobs, fit, modularity) -> {name: {column: value}}``
+        (:func:`heavy_metrics`; a module-level function, as it is pickled for the worker).
+
+    Attributes
+    ----------
+    degrees : dict
+        ``{role: (in_degrees [n_rows total], out_degrees [n_cols total])}`` of the last snapshot,
+        every matrix of the role concatenated (int64 arrays).
+    failed : str or None
+        Why the background work stopped (after it failed once, snapshots hold degree statistics only).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, eps: float, fits: bool = True, modularity: bool = True,
+                 seed: int = 0, background: bool = True, nice: int = BACKGROUND_NICE, work=heavy_metrics):
+        while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        self.binding = Binding(model)
+        self.specs = [s for s in self.binding.specs if s.role in ATTENTION_ROLES + MLP_ROLES]
+        self.graph = GraphConfig(threshold=eps, mode="threshold")
+        self.fit = FitConfig() if fits else None
+        self.modularity = ModularityConfig(seed=seed) if modularity else None
+        self.background, self.nice, self.work = background, nice, work
+        self.degrees: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.failed: str | None = None
+        self._pool: ProcessPoolExecutor | None = None
+        self._pending: dict[int, tuple[Future, pd.DataFrame, dict | None]] = {}
+
+    # -- the cheap part ---------------------------------------------------------------------
+    def rows(self) -> tuple[pd.DataFrame, list]:
+        """Per-matrix degree statistics now, and the jobs of the background part."""
+        rows, jobs, degrees = [], [], {}
+        with torch.no_grad():
+            for spec in self.specs:
+                w = self.binding.weight(spec).detach()
+                mask = select_edges(w, self.graph, name=spec.tensor).mask  # [out, in]
+                n_out, n_in = mask.shape
+                in_deg = mask.sum(1).cpu().numpy().astype(np.int64)
+                out_deg = mask.sum(0).cpu().numpy().astype(np.int64)
+                n_edges = int(in_deg.sum())
+                degrees.setdefault(spec.role, ([], []))
+                degrees[spec.role][0].append(in_deg)
+                degrees[spec.role][1].append(out_deg)
+                comp = "mlp" if spec.role in MLP_ROLES else "attention"
+                row = {"name": spec.name, "role": spec.role, "component": comp, "block": spec.block, "side": spec.side,
+                       "n_out": n_out, "n_in": n_in, "n_edges": n_edges, "status": "ok" if n_edges else "all_zero",
+                       "in_verdict": "", "in_alpha": np.nan, "modularity": np.nan}
+                if n_edges:
+                    row.update(degree_stats(in_deg, n_in, prefix="in_"))
+                    row.update(degree_stats(out_deg, n_out, prefix="out_"))
+                    packed = None
+                    if self.modularity is not None and comp == "mlp":
+                        packed = np.packbits(mask.cpu().numpy().reshape(-1))
+                    if self.fit is not None or packed is not None:
+                        jobs.append((spec.name, in_deg, packed, (n_out, n_in)))
+                rows.append(row)
+        self.degrees = {role: (np.concatenate(i), np.concatenate(o)) for role, (i, o) in degrees.items()}
+        # the analysis's row order, so that means over matrices are summed in the same order
+        df = pd.DataFrame(rows).sort_values(["side", "block", "role", "name"], kind="stable").reset_index(drop=True)
+        return df, jobs
+
+    def snapshot(self, step: int, heads_remaining: dict | None = None) -> dict:
+        """The degree statistics of now (fits and modularity follow from :meth:`poll`)."""
+        df, jobs = self.rows()
+        if jobs and self.failed is None and (self.fit is not None or self.modularity is not None):
+            try:
+                if self.background:
+                    future = self._executor().submit(self.work, jobs, self.fit, self.modularity)
+                else:
+                    future = _done(self.work(jobs, self.fit, self.modularity))
+            except Exception as exc:  # a broken pool refuses new work; a synchronous failure lands here
+                self._fail(exc)
+            else:
+                self._pending[step] = (future, df, heads_remaining)
+        return summarize_topology(df, heads_remaining)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.failed is None:
+            self.failed = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.warning("topology fits and modularity stopped (%s); training goes on with degree statistics only",
+                        self.failed)
+        self._pending.clear()
+        self.close()
+
+    # -- the background part -------------------------------------------------------------------
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_background_init, initargs=(os.getpid(), self.nice))
+        return self._pool
+
+    def _complete(self, step: int) -> dict | None:
+        future, df, heads = self._pending.pop(step)
+        try:
+            heavy = future.result()
+        except Exception as exc:  # the worker raised, or died (BrokenProcessPool)
+            self._fail(exc)
+            return None
+        df = df.copy()
+        for col in ("in_alpha", "in_verdict", "modularity"):
+            df[col] = [heavy.get(n, {}).get(col, df.at[i, col]) for i, n in enumerate(df["name"])]
+        return summarize_topology(df, heads)
+
+    def poll(self) -> list[tuple[int, dict]]:
+        """The completed snapshots (step, all metrics) that are ready, in step order."""
+        ready = [s for s in sorted(self._pending) if self._pending[s][0].done()]
+        return [(s, snap) for s in ready if s in self._pending and (snap := self._complete(s)) is not None]
+
+    def finish(self) -> list[tuple[int, dict]]:
+        """Wait for every pending snapshot; return them completed, in step order."""
+        return [(s, snap) for s in sorted(self._pending) if s in self._pending
+                and (snap := self._complete(s)) is not None]
+
+    def close(self) -> None:
+        """End the background process (pending snapshots are dropped: :meth:`finish` first)."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                pool.shutdown(wait=True, cancel_futures=True)
+            except Exception:  # pragma: no cover - a broken pool has nothing left to wait for
+                pass
+
+
+def _done(value) -> Future:
+    fut: Future = Future()
+    fut.set_result(value)
+    return fut
