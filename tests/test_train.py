@@ -160,3 +160,25 @@ def test_leave_process_group_shuts_the_group_down(tmp_path):
     leave_process_group(wait=True)
     assert not dist.is_initialized()
     leave_process_group(wait=False)  # twice (atexit after the CLI): still a no-op
+
+
+def test_python_train_takes_extra_callbacks_and_topology_sync(tmp_path):
+    from transformers import TrainerCallback
+
+    from topoprune.train.run import TrainConfig, train
+
+    seen = []
+
+    class Steps(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            seen.append((state.global_step, model is not None))
+
+    cfg = TrainConfig(model="tiny-bert", out=str(tmp_path / "run"), max_steps=4, n_train=64, n_eval=16, batch_size=16,
+                      lr=1e-3, topology_every=2, topology_background=False, neuroprune={"target": 0.5})
+    rec = train(cfg, progress=False, callbacks=[Steps()])
+    assert seen == [(1, True), (2, True), (3, True), (4, True)]
+    assert rec["config"]["topology_background"] is False
+    import pandas as pd
+
+    history = pd.read_csv(tmp_path / "run" / "topology_history.csv")
+    assert list(history["step"]) == [2, 4] and history["mlp/modularity"].notna().all()  # computed in the loop

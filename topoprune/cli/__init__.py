@@ -217,6 +217,8 @@ def compare(a, b, out, as_json, **opts):
 @click.option("--seed", type=int, default=default(TrainConfig, "seed"), show_default=True)
 @click.option("--topology-every", type=int, default=default(TrainConfig, "topology_every"), show_default=True,
               help="Steps between topology snapshots.")
+@click.option("--topology-background/--topology-sync", default=default(TrainConfig, "topology_background"),
+              show_default=True, help="Fits and modularity of a snapshot in a background process (or in the loop).")
 @click.option("--save-steps", type=int, default=default(TrainConfig, "save_steps"), show_default=True)
 @click.option("--report-to", multiple=True, help="Trainer integration (tensorboard, ...); repeatable.")
 @click.option("-o", "--out", type=click.Path(path_type=str), default=default(TrainConfig, "out"), show_default=True)
@@ -225,7 +227,7 @@ def compare(a, b, out, as_json, **opts):
 @click.option("--overwrite", is_flag=True, help="Replace OUT (or discard an interrupted run's checkpoints).")
 def train(model, data, method, target, neuron_target, head_target, schedule, frequency, mlp_weight, attn_weight,
           penalty_form, eps, theta, head_pruning, head_every, epochs, max_steps, batch_size, lr, max_length, n_train,
-          n_eval, seed, topology_every, save_steps, report_to, out, resume, overwrite):
+          n_eval, seed, topology_every, topology_background, save_steps, report_to, out, resume, overwrite):
     """Sparse training with NeuroPrune (or a baseline) and topology tracking."""
     from ..train.run import leave_process_group
     from ..train.run import train as run_train
@@ -236,8 +238,8 @@ def train(model, data, method, target, neuron_target, head_target, schedule, fre
                       frequency=frequency, seed=seed)  # a dict: TrainConfig ends target mode after its schedule_fraction
     cfg = TrainConfig(model=model, data=data, out=str(out), epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                       lr=lr, max_length=max_length, n_train=n_train or None, n_eval=n_eval or None, seed=seed,
-                      topology_every=topology_every, save_steps=save_steps, report_to=tuple(report_to),
-                      neuroprune=neuroprune)
+                      topology_every=topology_every, topology_background=topology_background, save_steps=save_steps,
+                      report_to=tuple(report_to), neuroprune=neuroprune)
     try:
         record = run_train(cfg, resume=resume, overwrite=overwrite, progress=show_progress(),
                            announce=lambda msg: click.echo(msg, err=True))

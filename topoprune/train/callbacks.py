@@ -241,6 +241,8 @@ class NeuroPruneTrainer(Trainer):
         The controller, bound to the same model.
     topology_every : int
         Steps between topology snapshots.
+    topology_fits, topology_background : bool
+        As for :class:`NeuroPruneCallback`.
 
     Notes
     -----
@@ -250,12 +252,12 @@ class NeuroPruneTrainer(Trainer):
     """
 
     def __init__(self, *args, neuroprune: NeuroPrune, topology_every: int = 50, topology_fits: bool = True,
-                 **kwargs):
+                 topology_background: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.neuroprune = neuroprune
         keep, self.args.save_total_limit = self.args.save_total_limit, None  # rotated after the masks, not before
         self.np_callback = NeuroPruneCallback(neuroprune, topology_every=topology_every, topology_fits=topology_fits,
-                                              keep_checkpoints=keep)
+                                              keep_checkpoints=keep, topology_background=topology_background)
         self.np_callback.trainer = self
         self.add_callback(self.np_callback)
 

@@ -63,6 +63,11 @@ class TrainConfig:
         Training settings (``max_steps`` > 0 overrides ``epochs``).
     topology_every : int
         Steps between topology snapshots.
+    topology_background : bool
+        Power-law fits and modularity of a snapshot in a low-priority background process, so
+        that a snapshot costs the training loop only its degree statistics
+        (:class:`~topoprune.train.tracker.TopologyTracker`); ``False`` computes everything at
+        the snapshot, in the training loop.
     save_steps : int
         Steps between checkpoints (what ``resume`` restarts from).
     report_to : tuple of str
@@ -90,6 +95,7 @@ class TrainConfig:
     n_eval: int | None = 500
     seed: int = 0
     topology_every: int = 50
+    topology_background: bool = True
     save_steps: int = 100
     report_to: tuple[str, ...] = ()
     neuroprune: NeuroPruneConfig = dataclasses.field(default_factory=NeuroPruneConfig)
@@ -205,7 +211,7 @@ def run_config(config: TrainConfig) -> dict:
 
 
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-          announce=None) -> dict:
+          announce=None, callbacks=()) -> dict:
     """Run one training job and write its run directory; return the final record.
 
     The run is trained in the sibling ``.OUT.partial/`` and renamed onto ``OUT`` when it has
@@ -222,6 +228,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     announce : callable, optional
         Receives one-line notices a user should see (which checkpoint a run resumes from,
         where an interrupted run's checkpoints are); default: ``logging`` at INFO.
+    callbacks : sequence of transformers.TrainerCallback
+        Added to the Trainer after NeuroPrune's own (e.g. to record more than the topology history).
 
     Raises
     ------
@@ -275,7 +283,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     collator = data.collator if data.task != "seq2seq" else DataCollatorForSeq2Seq(tokenizer, model=model)
     trainer = NeuroPruneTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                                 data_collator=collator, compute_metrics=_metrics_fn(data.task), neuroprune=npr,
-                                topology_every=config.topology_every)
+                                topology_every=config.topology_every,
+                                topology_background=config.topology_background)
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # no dict per log on stdout; logs still reach report_to and log_history
@@ -283,6 +292,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         from .progress import TrainProgress
 
         trainer.add_callback(TrainProgress(npr))
+    for cb in callbacks:
+        trainer.add_callback(cb)
     run.open()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()  # rank 0 has prepared the staging directory
