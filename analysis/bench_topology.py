@@ -14,7 +14,7 @@ and repeated:
 Reported per model: the training wall time of each mode (median over repeats; ``trainer.train``
 from the first step to the end of training, the final snapshot included), the overhead of each
 snapshot mode over ``off``, and the snapshots' own numbers (how many, and whether the background
-ones completed). MiniLM (all-MiniLM-L6-v2) classifies sentiment tweets; SmolLM2-135M is fine-tuned
+ones were completed or skipped because the background process was behind). MiniLM (all-MiniLM-L6-v2) classifies sentiment tweets; SmolLM2-135M is fine-tuned
 as a causal LM on Penn Treebank. Results: ``analysis/results/bench_topology.json`` (``--resume``
 keeps the runs already measured with the same settings; ``--plot-only`` redraws).
 """
@@ -55,19 +55,21 @@ def run_one(model: str, mode: str, every: int, work: Path) -> dict:
 
     snaps = pd.read_csv(Path(cfg.out) / "topology_history.csv")
     return {"train_seconds": rec["train_seconds"], "steps": rec["steps"], "snapshots": len(snaps),
-            "complete": bool(snaps["mlp/modularity"].notna().all()) if "mlp/modularity" in snaps else False,
+            "completed": int(snaps["mlp/modularity"].notna().sum()) if "mlp/modularity" in snaps else 0,
+            "skipped": rec.get("topology_skipped", []),
             "final_mlp_sparsity": float(snaps["mlp/sparsity"].iloc[-1]), "metrics": rec.get("metrics", {})}
 
 
 def summarize(results: dict) -> list[str]:
-    lines = ["| model | steps | snapshots | off: s | background: s | overhead | sync: s | overhead |",
+    lines = ["| model | steps | snapshots (with fits) | off: s | background: s | overhead | sync: s | overhead |",
              "|---|---|---|---|---|---|---|---|"]
     for model, runs in results.get("runs", {}).items():
         med = {m: statistics.median(r["train_seconds"] for r in runs.get(m, [])) for m in MODES if runs.get(m)}
         if "off" not in med:
             continue
         steps = runs["off"][0]["steps"]
-        snaps = runs.get("background", [{}])[0].get("snapshots", "-")
+        bg = runs.get("background", [{}])[0]
+        snaps = f"{bg.get('snapshots', '-')} ({bg.get('completed', '-')})"
         cells = [model, str(steps), str(snaps), f"{med['off']:.1f}"]
         for m in ("background", "sync"):
             cells += [f"{med[m]:.1f}", f"{med[m] / med['off'] - 1:+.1%}"] if m in med else ["-", "-"]

@@ -40,6 +40,7 @@ def test_tensorboard_gets_scalars_histograms_and_the_ccdf(tmp_path):
                              seed=0, disable_tqdm=True, logging_steps=2)
     trainer = NeuroPruneTrainer(model=model, args=args, train_dataset=Data(), neuroprune=np_, topology_every=2)
     trainer.np_callback.topology_nice = 0
+    trainer.np_callback.topology_skip_stale = False  # every snapshot completed (the machine may be busy)
     trainer.train()
     history = trainer.np_callback.history.frame()
 

@@ -73,6 +73,7 @@ def test_training_history_is_complete_and_equal_to_synchronous(tmp_path):
         trainer = NeuroPruneTrainer(model=model, args=args, train_dataset=Data(), neuroprune=np_, topology_every=2)
         trainer.np_callback.topology_background = background
         trainer.np_callback.topology_nice = 0  # a test on a busy machine should not wait for idle cores
+        trainer.np_callback.topology_skip_stale = False  # every snapshot completed, as the synchronous ones
         trainer.train()
         histories.append(trainer.np_callback.history.frame())
     bg, sync = histories
@@ -133,3 +134,31 @@ def test_degrees_per_role_concatenate_the_matrices(sparse_bert):
         assert len(ins) == sum(tracker.binding.weight(s).shape[0] for s in specs)
         assert len(outs) == sum(tracker.binding.weight(s).shape[1] for s in specs)
         assert ins.sum() == outs.sum()  # both count the same edges
+
+
+def slow_work(jobs, fit, modularity):
+    import time
+
+    from topoprune.train.tracker import heavy_metrics
+
+    time.sleep(0.3)
+    return heavy_metrics(jobs, fit, modularity)
+
+
+@pytest.mark.parametrize("skip_stale", [True, False])
+def test_a_backlog_is_dropped_not_waited_for(sparse_bert, skip_stale):
+    tracker = TopologyTracker(sparse_bert, eps=1e-4, nice=0, work=slow_work, skip_stale=skip_stale)
+    n_jobs = len(tracker.rows()[1])
+    try:
+        for step in (1, 2, 3):
+            tracker.snapshot(step)
+        done = tracker.finish()
+    finally:
+        tracker.close()
+    steps = [s for s, _ in done]
+    assert steps[-1] == 3 and done[-1][1]["mlp/modularity"] is not None  # the last one is always complete
+    if skip_stale:
+        assert n_jobs > 2 and tracker.skipped and 3 not in tracker.skipped
+        assert sorted(steps + tracker.skipped) == [1, 2, 3]
+    else:
+        assert steps == [1, 2, 3] and tracker.skipped == []

@@ -96,6 +96,7 @@ class NeuroPruneCallback(TrainerCallback):
         self.topology_fits = topology_fits
         self.topology_background = topology_background
         self.topology_nice = BACKGROUND_NICE  # niceness of the background process
+        self.topology_skip_stale = True  # a snapshot left behind by a newer one keeps its degree statistics only
         self.tracker: TopologyTracker | None = None
         self.board = None  # TopologyBoard, when the Trainer reports to TensorBoard
         self._board_checked = False
@@ -151,6 +152,9 @@ class NeuroPruneCallback(TrainerCallback):
             self.board = None
         if self.tracker is not None:
             self.tracker.close()
+            if self.tracker.skipped:
+                log.info("fits and modularity of %d snapshot(s) skipped: the background process was behind "
+                         "(steps %s)", len(self.tracker.skipped), ", ".join(map(str, self.tracker.skipped)))
 
     def on_save(self, args, state, control, **kwargs):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -178,7 +182,7 @@ class NeuroPruneCallback(TrainerCallback):
             if self.tracker is None:
                 self.tracker = TopologyTracker(self.neuroprune.model, eps=self.neuroprune.config.eps,
                                                fits=self.topology_fits, background=self.topology_background,
-                                               nice=self.topology_nice)
+                                               nice=self.topology_nice, skip_stale=self.topology_skip_stale)
             snap = self.tracker.snapshot(state.global_step, self.neuroprune.heads_remaining())
             self.history.add(state.global_step, state.epoch, snap)
             board = self._board()

@@ -334,6 +334,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                                                                if isinstance(v, (int, float))},
         "sparsity": json.loads(sparsity.to_json(orient="records")),
         "heads_remaining": npr.heads_remaining(),
+        "topology_skipped": list(trainer.np_callback.tracker.skipped) if trainer.np_callback.tracker else [],
         "head_decisions": [d.to_dict() for d in npr.head_decisions],
         "ranks_agree": agree, "world_size": int(trainer.args.world_size),
     }

@@ -15,7 +15,15 @@ in the training process -- on MiniLM about 2.6 s, several training steps, every 
   ready, with the step they belong to; :meth:`TopologyTracker.finish` waits for the rest.
 
 The completed snapshot equals the synchronous one (the same edges, degrees, fit and Leiden seed;
-a test compares them). If the background work fails -- the process dies, or raises -- the failure
+a test compares them).
+
+When the training loop leaves no core idle (a CPU run on few cores), the background process cannot
+keep up with frequent snapshots: it runs at low priority and its work is CPU time the loop would
+otherwise use. Rather than pile up work that the end of training would wait for, a snapshot whose
+background work has not started when a newer snapshot is taken keeps its degree statistics only
+(``skip_stale``, the default; :attr:`TopologyTracker.skipped` counts them). The work is submitted
+per matrix, so at most the matrices already handed to the process are finished in vain; the last
+snapshot, and every snapshot that is waited for (evaluation, checkpoints, the end), is complete. If the background work fails -- the process dies, or raises -- the failure
 is reported once (a warning) and training goes on with the degree statistics only.
 
 The degree sequences of the last snapshot stay available per role (:attr:`TopologyTracker.degrees`)
@@ -101,6 +109,9 @@ class TopologyTracker:
     work : callable
         The background computation, ``work(jobs, fit, modularity) -> {name: {column: value}}``
         (:func:`heavy_metrics`; a module-level function, as it is pickled for the worker).
+    skip_stale : bool
+        Drop the background work of a snapshot that has not started when a newer snapshot is
+        taken (``False``: every snapshot is completed, however long the backlog).
 
     Attributes
     ----------
@@ -109,10 +120,13 @@ class TopologyTracker:
         every matrix of the role concatenated (int64 arrays).
     failed : str or None
         Why the background work stopped (after it failed once, snapshots hold degree statistics only).
+    skipped : list of int
+        Steps whose fits and modularity were dropped because newer snapshots came first.
     """
 
     def __init__(self, model: torch.nn.Module, *, eps: float, fits: bool = True, modularity: bool = True,
-                 seed: int = 0, background: bool = True, nice: int = BACKGROUND_NICE, work=heavy_metrics):
+                 seed: int = 0, background: bool = True, nice: int = BACKGROUND_NICE, work=heavy_metrics,
+                 skip_stale: bool = True):
         while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
             model = model.module
         self.binding = Binding(model)
@@ -120,11 +134,12 @@ class TopologyTracker:
         self.graph = GraphConfig(threshold=eps, mode="threshold")
         self.fit = FitConfig() if fits else None
         self.modularity = ModularityConfig(seed=seed) if modularity else None
-        self.background, self.nice, self.work = background, nice, work
+        self.background, self.nice, self.work, self.skip_stale = background, nice, work, skip_stale
+        self.skipped: list[int] = []
         self.degrees: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.failed: str | None = None
         self._pool: ProcessPoolExecutor | None = None
-        self._pending: dict[int, tuple[Future, pd.DataFrame, dict | None]] = {}
+        self._pending: dict[int, tuple[list[Future], pd.DataFrame, dict | None]] = {}
 
     # -- the cheap part ---------------------------------------------------------------------
     def rows(self) -> tuple[pd.DataFrame, list]:
@@ -163,16 +178,28 @@ class TopologyTracker:
         """The degree statistics of now (fits and modularity follow from :meth:`poll`)."""
         df, jobs = self.rows()
         if jobs and self.failed is None and (self.fit is not None or self.modularity is not None):
+            if self.skip_stale:
+                self._drop_stale()
             try:
                 if self.background:
-                    future = self._executor().submit(self.work, jobs, self.fit, self.modularity)
+                    pool = self._executor()
+                    futures = [pool.submit(self.work, [job], self.fit, self.modularity) for job in jobs]
                 else:
-                    future = _done(self.work(jobs, self.fit, self.modularity))
+                    futures = [_done(self.work(jobs, self.fit, self.modularity))]
             except Exception as exc:  # a broken pool refuses new work; a synchronous failure lands here
                 self._fail(exc)
             else:
-                self._pending[step] = (future, df, heads_remaining)
+                self._pending[step] = (futures, df, heads_remaining)
         return summarize_topology(df, heads_remaining)
+
+    def _drop_stale(self) -> None:
+        """Cancel the pending snapshots whose work has not all started (they keep degree statistics)."""
+        for step in sorted(self._pending):
+            futures = self._pending[step][0]
+            if any([f.cancel() for f in futures]):  # every one tried: none of a dropped snapshot's work is left
+                del self._pending[step]
+                self.skipped.append(step)
+                log.debug("step %d: fits and modularity skipped (the background process is behind)", step)
 
     def _fail(self, exc: BaseException) -> None:
         if self.failed is None:
@@ -190,9 +217,11 @@ class TopologyTracker:
         return self._pool
 
     def _complete(self, step: int) -> dict | None:
-        future, df, heads = self._pending.pop(step)
+        futures, df, heads = self._pending.pop(step)
+        heavy: dict = {}
         try:
-            heavy = future.result()
+            for future in futures:
+                heavy.update(future.result())
         except Exception as exc:  # the worker raised, or died (BrokenProcessPool)
             self._fail(exc)
             return None
@@ -203,7 +232,7 @@ class TopologyTracker:
 
     def poll(self) -> list[tuple[int, dict]]:
         """The completed snapshots (step, all metrics) that are ready, in step order."""
-        ready = [s for s in sorted(self._pending) if self._pending[s][0].done()]
+        ready = [s for s in sorted(self._pending) if all(f.done() for f in self._pending[s][0])]
         return [(s, snap) for s in ready if s in self._pending and (snap := self._complete(s)) is not None]
 
     def finish(self) -> list[tuple[int, dict]]:
