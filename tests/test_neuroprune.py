@@ -83,7 +83,7 @@ def train(model, np_, opt, steps, check=None):
         opt.zero_grad()
 
 
-CFG = dict(eps=5e-3, refresh_every=1, mlp_weight=1e-3, attn_weight=1e-3, head_pruning="off")
+CFG = dict(penalty_form="gradient", eps=5e-3, refresh_every=1, mlp_weight=1e-3, attn_weight=1e-3, head_pruning="off")
 
 
 def w(model, name):

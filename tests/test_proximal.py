@@ -64,9 +64,10 @@ def test_prox_groups_closed_form(tok):
         assert torch.allclose(b.weight(spec).detach(), soft_threshold(w, tau[None, :]), atol=1e-7)
 
 
-def _sparsity_after(tok, form, steps=15):
+def _sparsity_after(tok, form, steps=15, **extra):
     model = _bert(tok)
-    cfg = NeuroPruneConfig(mlp_weight=3e-3, attn_weight=3e-3, penalty_form=form, head_pruning="off")
+    cfg = NeuroPruneConfig(**{"mlp_weight": 3e-3, "attn_weight": 3e-3, "penalty_form": form, "head_pruning": "off",
+                              **extra})
     np_ = NeuroPrune(model, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
@@ -93,3 +94,27 @@ def test_proximal_penalty_is_not_in_the_loss(tok):
     np_ = NeuroPrune(_bert(tok), NeuroPruneConfig(mlp_weight=1.0, penalty_form="proximal"))
     pen = np_.penalty()
     assert float(pen) == 0.0 and not pen.requires_grad
+
+
+def test_penalties_stop_at_the_end_in_paper_mode(tok):
+    """With ``end`` the proximal steps stop: sparsity after 15 steps equals the sparsity at ``end``,
+    give or take the epsilon masks of weights that fine-tuning itself brings under epsilon."""
+    small = {"mlp_weight": 2e-4, "attn_weight": 2e-4}
+    at_end, stopped, running = (_sparsity_after(tok, "proximal", steps=5, **small),
+                                _sparsity_after(tok, "proximal", end=5, **small), _sparsity_after(tok, "proximal", **small))
+    assert abs(stopped["mlp_in"] - at_end["mlp_in"]) < 0.01 and running["mlp_in"] > stopped["mlp_in"] + 0.05
+    cfg = NeuroPruneConfig(end_fraction=0.75, penalty_form="gradient", mlp_weight=1.0)
+    assert cfg.resolved(100).end == 75 and NeuroPruneConfig().resolved(100).end is None
+    np_ = NeuroPrune(_bert(tok), cfg.resolved(4))
+    assert float(np_.penalty().detach()) > 0
+    np_.step = 3
+    assert np_.penalties_active(3) and float(np_.penalty()) == 0.0  # the next step (4) is past the end
+
+
+def test_mode_defaults_of_the_penalties():
+    from topoprune.train.config import PAPER_PENALTIES, TARGET_PENALTIES
+
+    paper, target = NeuroPruneConfig(), NeuroPruneConfig(target=0.5, end=10)
+    assert (paper.mlp_weight, paper.attn_weight, paper.penalty_form) == tuple(PAPER_PENALTIES.values())
+    assert (target.mlp_weight, target.attn_weight, target.penalty_form) == tuple(TARGET_PENALTIES.values())
+    assert NeuroPruneConfig(mlp_weight=0.0).mlp_weight == 0.0  # given values are kept

@@ -22,7 +22,8 @@ from ..errors import ConfigError
 from ..graph.config import NONFINITE, AnalysisConfig, GraphConfig, ModularityConfig
 from ..oneshot.prune import ALLOCATIONS, GROUPS, NEUROAL_STEPS, PRUNERS, OneShotConfig
 from ..oneshot.run import EvalConfig
-from ..train.config import DEFAULT_FREQUENCY, HEAD_MODES, PENALTY_FORMS, TRAIN_METHODS, NeuroPruneConfig
+from ..train.config import (DEFAULT_FREQUENCY, HEAD_MODES, PAPER_PENALTIES, PENALTY_FORMS, TARGET_PENALTIES,
+                            TRAIN_METHODS, NeuroPruneConfig)
 from ..train.run import TrainConfig
 from ..train.schedules import SCHEDULES
 from .group import REFUSED_PICKLE, Group, setup_logging  # noqa: F401 (REFUSED_PICKLE: part of the interface)
@@ -190,12 +191,15 @@ def compare(a, b, out, as_json, **opts):
               show_default=True, help="Sparsity schedule in target mode.")
 @click.option("--frequency", type=int, default=None,
               help=f"Steps between mask updates in target mode [min({DEFAULT_FREQUENCY}, schedule length)].")
-@click.option("--alpha", "mlp_weight", type=float, default=default(NeuroPruneConfig, "mlp_weight"), show_default=True,
-              help="MLP penalty weight.")
+@click.option("--alpha", "mlp_weight", type=float, default=default(NeuroPruneConfig, "mlp_weight"),
+              help=f"MLP penalty weight [paper mode: {PAPER_PENALTIES['mlp_weight']:g}; "
+                   f"target mode: {TARGET_PENALTIES['mlp_weight']:g}].")
 @click.option("--beta", "attn_weight", type=float, default=default(NeuroPruneConfig, "attn_weight"),
-              show_default=True, help="Attention penalty weight.")
+              help=f"Attention penalty weight [paper mode: {PAPER_PENALTIES['attn_weight']:g}; "
+                   f"target mode: {TARGET_PENALTIES['attn_weight']:g}].")
 @click.option("--penalty-form", type=click.Choice(PENALTY_FORMS), default=default(NeuroPruneConfig, "penalty_form"),
-              show_default=True, help="Penalties through the loss (paper) or as proximal steps after each update.")
+              help="Penalties through the loss (the paper's form) or as proximal steps after each update "
+                   f"[paper mode: {PAPER_PENALTIES['penalty_form']}; target mode: {TARGET_PENALTIES['penalty_form']}].")
 @click.option("--eps", type=float, default=default(NeuroPruneConfig, "eps"), show_default=True,
               help="|w| below which a weight is pruned.")
 @click.option("--theta", type=float, default=default(NeuroPruneConfig, "theta"), show_default=True,

@@ -27,6 +27,14 @@ PENALTY_FORMS = ("gradient", "proximal")
 #: TensorFlow's ``model_pruning`` library that implemented Zhu & Gupta's schedule); re-cutting
 #: every step costs an O(n) selection per matrix per step (~12 % of a MiniLM step).
 DEFAULT_FREQUENCY = 10
+#: Paper mode's penalties when they are not given: the proximal form with weights that prune half
+#: of MiniLM's MLP weights and a third of its attention weights in one epoch of fine-tuning on the
+#: sentiment tweets (the default ``topoprune train``; BENCHMARKS.md has the grid they come from).
+#: The gradient form at the paper's weights prunes a few per cent in such a run.
+PAPER_PENALTIES = {"mlp_weight": 6e-4, "attn_weight": 5e-3, "penalty_form": "proximal"}
+#: Target mode's: the schedule sets the sparsity, the penalties only nudge the weights it ranks
+#: (the proximal form would zero weights beyond the target).
+TARGET_PENALTIES = {"mlp_weight": 1e-6, "attn_weight": 1e-6, "penalty_form": "gradient"}
 #: Roles whose matrices may be sparsified (by target schedule or epsilon masks).
 SPARSIFIABLE = MLP_ROLES + ("q", "k", "v", "o")
 
@@ -47,14 +55,16 @@ class NeuroPruneConfig:
         \sum |W_{qkv}|` (the paper's baseline; epsilon masks in paper mode, magnitude masks in
         target mode). ``gmp`` / ``random``: no penalty; masks at the scheduled sparsity by
         magnitude / by seeded random priority (both need ``target``).
-    mlp_weight, attn_weight : float
+    mlp_weight, attn_weight : float or None
         :math:`\alpha` (MLP term) and :math:`\beta` (attention term), >= 0. The paper tunes
-        both over {1e-7, ..., 0.1} without saying which is which; default 1e-6.
-    penalty_form : {"gradient", "proximal"}
+        both over {1e-7, ..., 0.1} without saying which is which. ``None``: the mode's default,
+        :data:`PAPER_PENALTIES` in paper mode, :data:`TARGET_PENALTIES` in target mode.
+    penalty_form : {"gradient", "proximal"} or None
         ``gradient``: the penalties join the loss (the paper). ``proximal``: they are left out of
         the loss and applied after every optimiser step as soft thresholds scaled by the
         optimiser's per-weight step sizes (:mod:`~topoprune.train.proximal`), so that weights
-        reach :math:`|w| < \varepsilon` within a short fine-tuning run.
+        reach :math:`|w| < \varepsilon` within a short fine-tuning run. ``None``: the mode's
+        default (proximal in paper mode, gradient in target mode).
     eps, theta : float
         Connection threshold :math:`\varepsilon > 0` (paper: 1e-4); head-similarity
         threshold :math:`\theta \ge 0` (paper default 0.15).
@@ -81,6 +91,9 @@ class NeuroPruneConfig:
     end_fraction : float or None
         Target mode: end the schedule after this share of the training steps instead of at a
         fixed ``end``; the trainer resolves it from its step count (:meth:`resolved`).
+        Paper mode: ``end`` (or this share of the steps) is the step after which the penalties
+        stop acting, so that the rest of training recovers with the masks fixed (the paper is
+        silent; ``None``: they act throughout).
     seed, roles : int, tuple of str
         Seed of the ``random`` method. Roles sparsified by the PA penalty (MLP roles), epsilon
         masks (paper mode) and the target schedule (target mode); default every MLP matrix.
@@ -92,9 +105,9 @@ class NeuroPruneConfig:
     """
 
     method: str = "neuroprune"
-    mlp_weight: float = 1e-6
-    attn_weight: float = 1e-6
-    penalty_form: str = "gradient"
+    mlp_weight: float | None = None
+    attn_weight: float | None = None
+    penalty_form: str | None = None
     eps: float = EPSILON
     theta: float = THETA
     refresh_every: int = 50
@@ -118,6 +131,9 @@ class NeuroPruneConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "roles", tuple(self.roles))
+        for name, value in (TARGET_PENALTIES if self.scheduled else PAPER_PENALTIES).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         checks = [
             (self.method in TRAIN_METHODS, f"method must be one of {TRAIN_METHODS}"),
             (self.penalty_form in PENALTY_FORMS, f"penalty_form must be one of {PENALTY_FORMS}"),
@@ -147,6 +163,8 @@ class NeuroPruneConfig:
                 raise ConfigError(f"{msg}; got {self._shown()}")
         if self.end_fraction is not None and not (_num(self.end_fraction, strict=True) and self.end_fraction <= 1):
             raise ConfigError(f"end_fraction must be in (0, 1], got {self.end_fraction!r}")
+        if not self.scheduled and self.end is not None and not _num(self.end, 1, integer=True):
+            raise ConfigError(f"end (the step the penalties stop) must be an integer >= 1, got {self.end!r}")
         if self.scheduled:  # validates schedule, start, end, frequency, initial
             if self.end is None and self.end_fraction is not None:  # the end comes with the step count
                 f = self.frequency if self.frequency is not None else 1
@@ -180,6 +198,8 @@ class NeuroPruneConfig:
         """A copy with the schedule's ``end`` (from ``end_fraction`` of ``total_steps`` when unset)
         and ``frequency`` filled in; unchanged in paper mode."""
         if not self.scheduled:
+            if self.end is None and self.end_fraction is not None and total_steps is not None:
+                return dataclasses.replace(self, end=max(1, int(round(self.end_fraction * total_steps))))
             return self
         end = self.end
         if end is None and self.end_fraction is not None and total_steps is not None:

@@ -147,8 +147,8 @@ class NeuroPrune:
         cfg = self.config
         total = torch.zeros((), dtype=torch.float32, device=self._p(self._bound[0].tensor).device)
         alpha, beta, qkv = cfg.mlp_weight, cfg.attn_weight, [la.qkv for la in self._layers]
-        if cfg.penalty_form == "proximal":  # applied as proximal steps after the optimiser step
-            return total
+        if cfg.penalty_form == "proximal" or not self.penalties_active(self.step + 1):
+            return total  # proximal: applied as proximal steps after the optimiser step
         if cfg.method == "neuroprune":
             if alpha and self._pa:
                 total = total + alpha * sum(preferential_attachment_penalty(self._w(s), self._scores[s.name])
@@ -189,7 +189,7 @@ class NeuroPrune:
         when ``head_pruning="steps"`` and ``step % head_every_steps == 0``.
         """
         cfg, self.step, sched = self.config, int(step), self._schedule
-        if cfg.penalty_form == "proximal" and optimizer is not None:
+        if cfg.penalty_form == "proximal" and optimizer is not None and self.penalties_active(self.step):
             self._proximal(optimizer)
         self._threshold()
         self._apply_schedule(self.step)  # sync on a function of the step alone, so every rank joins in:
@@ -204,6 +204,11 @@ class NeuroPrune:
         if self.step % cfg.refresh_every == 0:
             self._refresh_scores()
         self.maybe_prune_heads(self.step, optimizer)
+
+    def penalties_active(self, step: int) -> bool:
+        """Whether the penalties act on optimiser step ``step`` (1-based): in paper mode until ``end``."""
+        cfg = self.config
+        return cfg.scheduled or cfg.end is None or step <= cfg.end
 
     def _proximal(self, optimizer) -> None:
         """The penalties' proximal steps (:mod:`~topoprune.train.proximal`), after ``optimizer.step()``."""
