@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test install bench bench-train bench-oneshot bench-owl bench-compact figures clean
+.PHONY: demo test install bench bench-train bench-oneshot bench-owl bench-compact bench-topology figures clean
 
 install: $(STAMP)
 
@@ -42,10 +42,14 @@ bench-compact: $(STAMP)
 	$(PY) analysis/bench_compact.py --phase train --resume
 	$(PY) analysis/bench_compact.py --phase latency
 
+bench-topology: $(STAMP)
+	$(PY) analysis/bench_topology.py --resume
+
 figures: $(STAMP)
 	$(PY) analysis/make_figures.py
 	$(PY) analysis/bench_neuroprune.py --plot-only
 	$(PY) analysis/bench_compact.py --plot-only
+	$(PY) analysis/fig_ccdf_training.py --plot-only
 
 clean:
 	rm -rf $(VENV) demo-report

@@ -11,7 +11,8 @@ applied to neurons and heads). NeuroPrune: Dhurandhar et al., Findings of ACL 20
 
 Measured per setting: parameters and file size of the compacted model, test accuracy, CPU latency at
 batch 1 and throughput at batch 32 (sequence lengths 64 and 128, torch threads fixed, median of
-repeats, every model timed in the same process one after the other), the speed-up over the dense
+repeats, every model timed in the same process, round-robin over several rounds so that a slow phase
+of a shared machine affects all models alike), the speed-up over the dense
 model and its ratio to the ideal speed-up from the removed multiply-adds. The same widths are also
 timed on random-init BERT-base-sized and LLaMA-style (grouped-query attention) models.
 
@@ -102,27 +103,44 @@ def encoder_macs(model, seq: int) -> float:
     return total
 
 
-def time_model(model, vocab: int, seq: int, batch: int, repeats: int) -> float:
-    """Median seconds of one forward pass on random token ids (after two warm-up passes)."""
+def time_model(model, vocab: int, seq: int, batch: int, repeats: int) -> list[float]:
+    """Seconds of ``repeats`` forward passes on random token ids (after one warm-up pass)."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, vocab - 1, (batch, seq), generator=g)
     mask = torch.ones_like(ids)
     times = []
     with torch.inference_mode():
-        for i in range(repeats + 2):
+        for i in range(repeats + 1):
             t = time.perf_counter()
             model(input_ids=ids, attention_mask=mask)
-            if i >= 2:
+            if i >= 1:
                 times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return times
 
 
-def measure(model, vocab: int, args) -> dict:
+#: (sequence length, batch) of every timing: batch-1 latency and batch-32 throughput.
+SHAPES = [(64, 1), (128, 1), (64, 32), (128, 32)]
+
+
+def measure_all(models: dict, args) -> dict:
+    """Time every model in ``models`` round-robin: ``--rounds`` rounds, each giving every model and
+    shape a few passes, so that slow phases of a shared machine hit all models alike. Medians."""
+    times = {name: {shape: [] for shape in SHAPES} for name in models}
+    for r in range(args.rounds):
+        for name, model in models.items():
+            for seq, batch in SHAPES:
+                n = max(1, args.repeats // args.rounds) if batch == 1 else 1
+                times[name][(seq, batch)] += time_model(model, model.config.vocab_size, seq, batch, n)
+        print(f"# timing round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
     out = {}
-    for seq in (64, 128):
-        lat = time_model(model, vocab, seq, 1, args.repeats)
-        thr = time_model(model, vocab, seq, 32, max(3, args.repeats // 4))
-        out[str(seq)] = {"latency_ms": 1000 * lat, "throughput": 32 / thr, "macs": encoder_macs(model, seq)}
+    for name, model in models.items():
+        row = {}
+        for seq in (64, 128):
+            row[str(seq)] = {"latency_ms": 1000 * statistics.median(times[name][(seq, 1)]),
+                             "throughput": 32 / statistics.median(times[name][(seq, 32)]),
+                             "macs": encoder_macs(model, seq), "batch1_s": times[name][(seq, 1)],
+                             "batch32_s": times[name][(seq, 32)]}
+        out[name] = row
     return out
 
 
@@ -161,93 +179,136 @@ def synthetic(kind: str, neurons: float, heads: float):
 def latency(args, results: dict) -> None:
     torch.set_num_threads(args.threads)
     rows = results.setdefault("latency", {})
-    results["machine"] = {"cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__}
+    results["machine"] = {"cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__,
+                          "rounds": args.rounds, "repeats": args.repeats}
+    models = {}
     for name, run in results["runs"].items():
         path = Path(run["model"])
         if not path.is_dir():
             print(f"# {name}: {path} is gone; run --phase train again", file=sys.stderr)
             continue
-        model = load_compact(path)
-        rows[f"minilm/{name}"] = measure(model, model.config.vocab_size, args)
-        save_results(args.out, results)
-        print(name, json.dumps(rows[f"minilm/{name}"]), flush=True)
+        models[f"minilm/{name}"] = load_compact(path).eval()
+    rows.update(measure_all(models, args))
+    save_results(args.out, results)
     for kind in ("bert-base", "llama-gqa"):
-        for _, n, h in [s for s in SETTINGS if s[0] in ("dense", "gmp")]:
-            model = synthetic(kind, n, h)
-            rows[f"{kind}/{key('widths', n, h)}"] = measure(model, model.config.vocab_size, args)
-            save_results(args.out, results)
-            print(kind, n, h, json.dumps(rows[f"{kind}/{key('widths', n, h)}"]), flush=True)
+        models = {f"{kind}/{key('widths', n, h)}": synthetic(kind, n, h)
+                  for _, n, h in [s for s in SETTINGS if s[0] in ("dense", "gmp")]}
+        rows.update(measure_all(models, args))
+        save_results(args.out, results)
+        del models
 
 
 # ----------------------------------------------------------------------------- report
+def pooled(lat: dict, names: list[str], seq: int) -> dict | None:
+    """Timings of models with the same widths pooled (they run the same computation): medians."""
+    rows = [lat[n][str(seq)] for n in names if n in lat and "batch1_s" in lat[n][str(seq)]]
+    if not rows:
+        return None
+    return {"latency_ms": 1000 * statistics.median([t for r in rows for t in r["batch1_s"]]),
+            "throughput": 32 / statistics.median([t for r in rows for t in r["batch32_s"]]),
+            "macs": rows[0]["macs"]}
+
+
+def widths_rows(results: dict) -> list[dict]:
+    """One row per (neurons, heads) setting: accuracies per method and the pooled timings."""
+    lat, runs, out = results.get("latency", {}), results.get("runs", {}), []
+    for _, n, h in [s for s in SETTINGS if s[0] in ("dense", "gmp")]:
+        same = {k: r for k, r in runs.items() if r["neurons"] == n and r["heads"] == h}
+        if not same:
+            continue
+        first = next(iter(same.values()))
+        row = {"neurons": n, "heads": h, "accuracy": {r["method"]: r["accuracy"] for r in same.values()},
+               "parameters": first["parameters"]["after"], "bytes": first["bytes"]["after"]}
+        for seq in (64, 128):
+            row[seq] = pooled(lat, [f"minilm/{k}" for k in same], seq)
+        out.append(row)
+    return out
+
+
 def table(results: dict) -> list[str]:
     lat = results.get("latency", {})
-    lines = ["| model | neurons removed | heads removed | accuracy | parameters | file MiB | batch-1 ms (64) | "
-             "batch-32 seq/s (128) | speed-up (128) | ideal | share of ideal |", "|---" * 11 + "|"]
+    n_eval = results.get("settings", {}).get("n_eval", 2000)
+    lines = ["| MLP neurons removed | heads removed | parameters | file MiB | accuracy NeuroPrune | accuracy GMP | "
+             "batch-1 ms (64) | batch-1 ms (128) | batch-32 seq/s (128) | speed-up (128) | ideal | share of ideal |",
+             "|---" * 12 + "|"]
+    rows = widths_rows(results)
+    dense = rows[0] if rows and rows[0]["neurons"] == 0 and rows[0]["heads"] == 0 else None
 
-    def speed(prefix, name, dense_name):
-        row, dense = lat.get(f"{prefix}/{name}"), lat.get(f"{prefix}/{dense_name}")
-        if not row or not dense:
-            return None
-        s = row["128"]["throughput"] / dense["128"]["throughput"]
-        ideal = dense["128"]["macs"] / row["128"]["macs"]
-        return row, s, ideal
+    def speed(row, base):
+        if not row.get(128) or not base or not base.get(128):
+            return ["-"] * 3
+        s = row[128]["throughput"] / base[128]["throughput"]
+        ideal = base[128]["macs"] / row[128]["macs"]
+        return [f"{s:.2f}x", f"{ideal:.2f}x", f"{(s - 1) / (ideal - 1):.0%}" if ideal > 1.001 else "-"]
 
-    for name, run in results.get("runs", {}).items():
-        got = speed("minilm", name, key("dense", 0.0, 0.0))
-        cells = [f"MiniLM {run['method']}", f"{run['neurons']:.0%}", f"{run['heads']:.0%}", f"{run['accuracy']:.4f}",
-                 f"{run['parameters']['after'] / 1e6:.2f} M", f"{run['bytes']['after'] / 2**20:.1f}"]
-        if got:
-            row, s, ideal = got
-            cells += [f"{row['64']['latency_ms']:.1f}", f"{row['128']['throughput']:.0f}", f"{s:.2f}x",
-                      f"{ideal:.2f}x", f"{(s - 1) / (ideal - 1):.0%}" if ideal > 1 else "-"]
-        else:
-            cells += ["-"] * 5
+    for row in rows:
+        acc = row["accuracy"]
+        se = lambda a: f"{a:.3f} ± {math.sqrt(a * (1 - a) / n_eval):.3f}"  # noqa: E731
+        np_acc = se(acc["neuroprune"]) if "neuroprune" in acc else (se(acc["dense"]) if "dense" in acc else "-")
+        gmp_acc = se(acc["gmp"]) if "gmp" in acc else ("(dense)" if "dense" in acc else "-")
+        cells = [f"{row['neurons']:.0%}", f"{row['heads']:.0%}", f"{row['parameters'] / 1e6:.2f} M",
+                 f"{row['bytes'] / 2**20:.1f}", np_acc, gmp_acc]
+        cells += [f"{row[64]['latency_ms']:.1f}", f"{row[128]['latency_ms']:.1f}", f"{row[128]['throughput']:.0f}"] \
+            if row.get(128) else ["-"] * 3
+        cells += speed(row, dense)
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| random-init model | MLP neurons removed | heads removed | batch-1 ms (64) | batch-1 ms (128) | "
+              "batch-32 seq/s (128) | speed-up (128) | ideal | share of ideal |", "|---" * 9 + "|"]
     for kind in ("bert-base", "llama-gqa"):
+        base = {128: pooled(lat, [f"{kind}/{key('widths', 0.0, 0.0)}"], 128)}
         for _, n, h in [s for s in SETTINGS if s[0] in ("dense", "gmp")]:
-            got = speed(kind, key("widths", n, h), key("widths", 0.0, 0.0))
-            if got:
-                row, s, ideal = got
-                lines.append(f"| {kind} (random init) | {n:.0%} | {h:.0%} | - | - | - | {row['64']['latency_ms']:.1f} "
-                             f"| {row['128']['throughput']:.0f} | {s:.2f}x | {ideal:.2f}x | "
-                             + (f"{(s - 1) / (ideal - 1):.0%} |" if ideal > 1 else "- |"))
+            row = {seq: pooled(lat, [f"{kind}/{key('widths', n, h)}"], seq) for seq in (64, 128)}
+            if row[128]:
+                lines.append(f"| {kind} | {n:.0%} | {h:.0%} | {row[64]['latency_ms']:.1f} | {row[128]['latency_ms']:.1f}"
+                             f" | {row[128]['throughput']:.1f} | " + " | ".join(speed(row, base)) + " |")
     return lines
 
 
 def plot(results: dict) -> None:
     from matplotlib.figure import Figure
 
-    lat, runs = results.get("latency", {}), results.get("runs", {})
-    dense = lat.get(f"minilm/{key('dense', 0.0, 0.0)}")
-    if not dense:
+    rows = widths_rows(results)
+    if not rows or not rows[0].get(128):
         return
+    dense = rows[0]
     fig = Figure(figsize=(9, 3.6), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     n_eval = results["settings"].get("n_eval", 2000)
-    for method, marker in (("neuroprune", "o"), ("gmp", "s")):
-        pts = [(lat[f"minilm/{k}"]["128"]["throughput"] / dense["128"]["throughput"], r["accuracy"],
-                dense["128"]["macs"] / lat[f"minilm/{k}"]["128"]["macs"])
-               for k, r in runs.items() if r["method"] == method and f"minilm/{k}" in lat]
+    for method, marker, dx in (("neuroprune", "o", -0.012), ("gmp", "s", 0.012)):  # dx: side by side
+        pts = [(r[128]["throughput"] / dense[128]["throughput"] + dx, r["accuracy"][method]) for r in rows[1:]
+               if method in r["accuracy"] and r.get(128)]
         if pts:
             ax1.errorbar([p[0] for p in pts], [p[1] for p in pts],
                          yerr=[math.sqrt(p[1] * (1 - p[1]) / n_eval) for p in pts], marker=marker, ls="none",
                          capsize=3, label=method)
-            ax2.plot([p[2] for p in pts], [p[0] for p in pts], marker, label=method)
-    base = runs.get(key("dense", 0.0, 0.0))
-    if base:
-        ax1.axhline(base["accuracy"], color="grey", ls="--", label="dense")
+    ax1.axhline(dense["accuracy"].get("dense", float("nan")), color="grey", ls="--", label="dense")
     ax1.set_xlabel("throughput speed-up over dense (batch 32, 128 tokens)")
     ax1.set_ylabel("test accuracy (±1 s.e.)")
     ax1.legend(frameon=False, fontsize=8)
-    hi = max([2.0] + [p.get_xdata().max() for p in ax2.lines if len(p.get_xdata())])
+    for kind, label, marker in ((None, "MiniLM", "o"), ("bert-base", "BERT-base size", "^"),
+                                ("llama-gqa", "LLaMA-style GQA", "v")):
+        if kind is None:
+            pts = [(dense[128]["macs"] / r[128]["macs"], r[128]["throughput"] / dense[128]["throughput"])
+                   for r in rows[1:] if r.get(128)]
+        else:
+            lat = results.get("latency", {})
+            base = pooled(lat, [f"{kind}/{key('widths', 0.0, 0.0)}"], 128)
+            pts = []
+            for _, n, h in [s for s in SETTINGS if s[0] == "gmp"]:
+                r = pooled(lat, [f"{kind}/{key('widths', n, h)}"], 128)
+                if base and r:
+                    pts.append((base["macs"] / r["macs"], r["throughput"] / base["throughput"]))
+        if pts:
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker, ls="none", label=label)
+    hi = max([2.0] + [max(line.get_xdata()) for line in ax2.lines if len(line.get_xdata())])
     ax2.plot([1, hi], [1, hi], color="grey", ls="--", lw=1, label="ideal")
     ax2.set_xlabel("ideal speed-up (removed multiply-adds)")
-    ax2.set_ylabel("measured speed-up")
+    ax2.set_ylabel("measured speed-up (batch 32, 128 tokens)")
     ax2.legend(frameon=False, fontsize=8)
-    fig.suptitle("MiniLM, structured pruning then compaction, CPU", fontsize=10)
+    fig.suptitle("Structured pruning then compaction, CPU", fontsize=10)
     for fmt in ("png", "svg"):
-        fig.savefig(ROOT / "figures" / f"compact_speed.{fmt}", format=fmt, dpi=120)
+        with atomic_path(ROOT / "figures" / f"compact_speed.{fmt}") as tmp:
+            fig.savefig(tmp, format=fmt, dpi=120)
 
 
 def main():
@@ -259,7 +320,9 @@ def main():
     ap.add_argument("--n-eval", type=int, default=2000, help="test tweets (one s.e. ~0.8 points at 2,000)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads while timing")
-    ap.add_argument("--repeats", type=int, default=30, help="timed forward passes at batch 1")
+    ap.add_argument("--repeats", type=int, default=40, help="timed forward passes at batch 1 (over all rounds)")
+    ap.add_argument("--rounds", type=int, default=8, help="round-robin rounds over the models (batch 32: one "
+                    "pass per round)")
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-compact")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--resume", action="store_true")

@@ -1,0 +1,107 @@
+"""Paper-mode NeuroPrune on MiniLM / sentiment tweets: sparsity and accuracy over the penalty weights.
+
+Paper mode is NeuroPrune as Dhurandhar et al. describe it (Findings of ACL 2024, arXiv
+2404.01306): no target sparsity; the MLP preferential-attachment penalty (weight alpha) and the
+attention row-group penalty (weight beta) drive weights towards zero, and weights with
+``|w| < eps`` are pruned. Every run is the default ``topoprune train`` (all-MiniLM-L6-v2, 2,000
+training and 500 test tweets, one epoch, AdamW lr 5e-5, seed 0) with the penalties in the
+proximal form (:mod:`topoprune.train.proximal`) at the weights of the grid, plus dense
+fine-tuning and the gradient form at the paper-scale weights for reference. This grid chose the
+paper-mode defaults (``topoprune.train.config.PAPER_PENALTIES``).
+
+Results: ``analysis/results/paper_mode.json``; runs in ``--workdir`` (a run directory that already
+holds a finished run with the same settings is read, not trained again).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from topoprune.io import atomic_path  # noqa: E402
+
+RESULTS = ROOT / "analysis" / "results" / "paper_mode.json"
+#: name -> NeuroPrune settings of the run (the rest is the default ``topoprune train``).
+GRID = {
+    "dense": {"method": "dense"},
+    "gradient-1e-4-1e-4": {"penalty_form": "gradient", "mlp_weight": 1e-4, "attn_weight": 1e-4},
+    **{f"p-{a}-{b}": {"penalty_form": "proximal", "mlp_weight": float(a), "attn_weight": float(b)}
+       for a, b in (("1e-3", "1e-3"), ("3e-3", "3e-3"), ("5e-4", "1e-2"), ("5e-4", "3e-3"), ("6e-4", "5e-3"),
+                    ("7e-4", "6e-3"))},
+    **{f"e75-{a}-{b}": {"penalty_form": "proximal", "mlp_weight": float(a), "attn_weight": float(b),
+                        "end_fraction": 0.75} for a, b in (("6e-4", "5e-3"), ("8e-4", "7e-3"))},
+}
+
+
+def summarize(rec: dict) -> dict:
+    roles = [r for r in rec["sparsity"] if r["level"] == "role"]
+
+    def share(pick):
+        rows = [r for r in roles if pick(r["role"])]
+        return sum(r["pruned"] for r in rows) / max(1, sum(r["numel"] for r in rows))
+
+    acc = rec["metrics"]["eval_accuracy"]
+    n = int(rec["config"]["n_eval"])
+    return {"accuracy": acc, "se": math.sqrt(acc * (1 - acc) / n), "mlp_sparsity": share(lambda r: r.startswith("mlp")),
+            "attention_sparsity": share(lambda r: r in ("q", "k", "v", "o")),
+            "qkv_sparsity": share(lambda r: r in ("q", "k", "v")),
+            "heads": sum(rec["heads_remaining"].values()), "config": rec["config"]["neuroprune"]}
+
+
+def run(name: str, opts: dict, workdir: Path) -> dict:
+    from topoprune.train.run import TrainConfig, run_config, train
+
+    cfg = TrainConfig(out=str(workdir / name), topology_every=0, neuroprune=dict(opts))
+    done = workdir / name / "topoprune.json"
+    if done.is_file():
+        rec = json.loads(done.read_text())
+        have, want = rec["config"]["neuroprune"], run_config(cfg)["neuroprune"]
+        if want["method"] == "dense":  # dense fine-tuning ignores every penalty setting
+            have, want = have["method"], want["method"]
+        if have == want and rec["config"]["n_eval"] == run_config(cfg)["n_eval"]:
+            return summarize(rec)
+    return summarize(train(cfg, overwrite=True, progress=False))
+
+
+def table(results: dict) -> list[str]:
+    lines = ["| run | form | alpha | beta | penalties stop | MLP sparsity | attention sparsity (Q,K,V,O) | "
+             "test accuracy (500) |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        c = r["config"]
+        dense = c["method"] == "dense"
+        form = "-" if dense else c["penalty_form"]
+        alpha = "-" if dense else format(c["mlp_weight"], "g")
+        beta = "-" if dense else format(c["attn_weight"], "g")
+        stop = "at " + format(c["end_fraction"], ".0%") if c.get("end_fraction") else "-"
+        lines.append(f"| {name} | {form} | {alpha} | {beta} | {stop} | {r['mlp_sparsity']:.1%} | "
+                     f"{r['attention_sparsity']:.1%} | {r['accuracy']:.3f} ± {r['se']:.3f} |")
+    return lines
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "paper-mode")
+    ap.add_argument("--runs", nargs="+", choices=sorted(GRID), default=list(GRID))
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--plot-only", action="store_true", help="print the table from the results file")
+    args = ap.parse_args()
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if not args.plot_only:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        for name in args.runs:
+            results[name] = run(name, GRID[name], args.workdir)
+            print(name, json.dumps({k: v for k, v in results[name].items() if k != "config"}), flush=True)
+            with atomic_path(args.out) as tmp:
+                tmp.write_text(json.dumps(results, indent=1))
+    print("\n".join(table(results)))
+
+
+if __name__ == "__main__":
+    main()
