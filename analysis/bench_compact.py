@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from analysis.fingerprint import code_fingerprint  # noqa: E402
 from topoprune.compaction import compact, load_compact  # noqa: E402
 from topoprune.compaction.run import run_compact  # noqa: E402
 from topoprune.graph.binding import Binding  # noqa: E402
@@ -334,6 +335,7 @@ def main():
         print("\n".join(table(results)))
         return
     settings = {k: getattr(args, k) for k in TRAIN_KEYS}
+    settings["code"] = code_fingerprint("train", "graph", "compaction", "models.py")
     if args.phase in ("train", "all"):
         if not (args.resume and results.get("settings") == settings):
             results = {"settings": settings, "runs": {}, "latency": {}}

@@ -32,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from analysis.fingerprint import code_fingerprint  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_topology.json"
@@ -86,7 +87,8 @@ def main():
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--plot-only", action="store_true", help="print the table from the results file")
     args = ap.parse_args()
-    settings = {"every": args.every, "models": MODELS, "cpus": os.cpu_count()}
+    settings = {"every": args.every, "models": MODELS, "cpus": os.cpu_count(),
+                "code": code_fingerprint("train", "graph", "models.py")}
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if args.plot_only:
         print("\n".join(summarize(results)))

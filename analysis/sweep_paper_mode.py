@@ -9,8 +9,9 @@ proximal form (:mod:`topoprune.train.proximal`) at the weights of the grid, plus
 fine-tuning and the gradient form at the paper-scale weights for reference. This grid chose the
 paper-mode defaults (``topoprune.train.config.PAPER_PENALTIES``).
 
-Results: ``analysis/results/paper_mode.json``; runs in ``--workdir`` (a run directory that already
-holds a finished run with the same settings is read, not trained again).
+Results: ``analysis/results/paper_mode.json``, with a fingerprint of the code that produced them;
+runs in ``--workdir`` (while the fingerprint matches, a run directory that already holds a finished
+run with the same settings is read, not trained again; otherwise every run is trained afresh).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from analysis.fingerprint import code_fingerprint  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "paper_mode.json"
@@ -55,12 +57,12 @@ def summarize(rec: dict) -> dict:
             "heads": sum(rec["heads_remaining"].values()), "config": rec["config"]["neuroprune"]}
 
 
-def run(name: str, opts: dict, workdir: Path) -> dict:
+def run(name: str, opts: dict, workdir: Path, reuse: bool = True) -> dict:
     from topoprune.train.run import TrainConfig, run_config, train
 
     cfg = TrainConfig(out=str(workdir / name), topology_every=0, neuroprune=dict(opts))
     done = workdir / name / "topoprune.json"
-    if done.is_file():
+    if reuse and done.is_file():
         rec = json.loads(done.read_text())
         have, want = rec["config"]["neuroprune"], run_config(cfg)["neuroprune"]
         if want["method"] == "dense":  # dense fine-tuning ignores every penalty setting
@@ -92,14 +94,19 @@ def main():
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--plot-only", action="store_true", help="print the table from the results file")
     args = ap.parse_args()
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    stored = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    code = code_fingerprint("train", "graph", "models.py")
+    results = stored.get("runs", {}) if "runs" in stored else stored  # (files without a fingerprint: no "runs")
+    fresh = stored.get("code") != code
+    if not args.plot_only and fresh:
+        results = {}  # produced by other code (or unknown code): measured afresh, run directories too
     if not args.plot_only:
         args.workdir.mkdir(parents=True, exist_ok=True)
         for name in args.runs:
-            results[name] = run(name, GRID[name], args.workdir)
+            results[name] = run(name, GRID[name], args.workdir, reuse=not fresh)
             print(name, json.dumps({k: v for k, v in results[name].items() if k != "config"}), flush=True)
             with atomic_path(args.out) as tmp:
-                tmp.write_text(json.dumps(results, indent=1))
+                tmp.write_text(json.dumps({"code": code, "runs": results}, indent=1))
     print("\n".join(table(results)))
 
 
