@@ -54,3 +54,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+class ToyClassification(torch.utils.data.Dataset):
+    """48 seeded random token sequences (length 12) with alternating labels, for Trainer runs."""
+
+    def __len__(self):
+        return 48
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {"input_ids": torch.randint(1, 500, (12,), generator=g), "labels": i % 2}
+
+
+@pytest.fixture
+def toy_classification():
+    return ToyClassification()

@@ -6,15 +6,6 @@ import numpy as np
 import torch
 
 
-class Data(torch.utils.data.Dataset):
-    def __len__(self):
-        return 48
-
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(i)
-        return {"input_ids": torch.randint(1, 500, (12,), generator=g), "labels": i % 2}
-
-
 def _events(root: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -25,7 +16,7 @@ def _events(root: Path):
     return acc
 
 
-def test_tensorboard_gets_scalars_histograms_and_the_ccdf(tmp_path):
+def test_tensorboard_gets_scalars_histograms_and_the_ccdf(tmp_path, toy_classification):
     from transformers import TrainingArguments
 
     from topoprune.models import build_model, load_tokenizer
@@ -38,7 +29,8 @@ def test_tensorboard_gets_scalars_histograms_and_the_ccdf(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=6,
                              learning_rate=1e-3, save_strategy="no", report_to=["tensorboard"], use_cpu=True,
                              seed=0, disable_tqdm=True, logging_steps=2)
-    trainer = NeuroPruneTrainer(model=model, args=args, train_dataset=Data(), neuroprune=np_, topology_every=2)
+    trainer = NeuroPruneTrainer(model=model, args=args, train_dataset=toy_classification, neuroprune=np_,
+                                topology_every=2)
     trainer.np_callback.topology_nice = 0
     trainer.np_callback.topology_skip_stale = False  # every snapshot completed (the machine may be busy)
     trainer.train()

@@ -48,19 +48,11 @@ def test_completed_snapshot_equals_the_synchronous_analysis(sparse_bert, backgro
     assert cheap.get("mlp/modularity") is None and sync["mlp/modularity"] is not None  # the part that waits
 
 
-def test_training_history_is_complete_and_equal_to_synchronous(tmp_path):
+def test_training_history_is_complete_and_equal_to_synchronous(tmp_path, toy_classification):
     from transformers import TrainingArguments
 
     from topoprune.train.callbacks import NeuroPruneTrainer
     from topoprune.train.neuroprune import NeuroPrune, NeuroPruneConfig
-
-    class Data(torch.utils.data.Dataset):
-        def __len__(self):
-            return 48
-
-        def __getitem__(self, i):
-            g = torch.Generator().manual_seed(i)
-            return {"input_ids": torch.randint(1, 500, (12,), generator=g), "labels": i % 2}
 
     histories = []
     for background in (True, False):
@@ -70,7 +62,8 @@ def test_training_history_is_complete_and_equal_to_synchronous(tmp_path):
         args = TrainingArguments(output_dir=str(tmp_path / str(background)), per_device_train_batch_size=8,
                                  max_steps=6, learning_rate=1e-3, save_strategy="no", report_to="none",
                                  use_cpu=True, seed=0, disable_tqdm=True, logging_steps=2)
-        trainer = NeuroPruneTrainer(model=model, args=args, train_dataset=Data(), neuroprune=np_, topology_every=2)
+        trainer = NeuroPruneTrainer(model=model, args=args, train_dataset=toy_classification, neuroprune=np_,
+                                    topology_every=2)
         trainer.np_callback.topology_background = background
         trainer.np_callback.topology_nice = 0  # a test on a busy machine should not wait for idle cores
         trainer.np_callback.topology_skip_stale = False  # every snapshot completed, as the synchronous ones

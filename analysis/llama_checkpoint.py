@@ -1,0 +1,118 @@
+"""Generated LLaMA-like sharded safetensors checkpoints for the memory benchmark, and header edits.
+
+:func:`generate_llama` writes a random fp32 checkpoint (TinyLlama-1.1B widths by default), one
+shard in memory at a time; :func:`set_header_length` rewrites a shard's header padding so that its
+length does or does not start with the byte that marks a pickle; :func:`sniff_shards` reports how
+topoprune's loader classifies the shards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+# LLaMA-like geometry for the memory test (TinyLlama-1.1B widths, 10 blocks, fp32).
+LLAMA = dict(hidden=2048, ffn=5632, heads=32, kv_heads=4, layers=10, vocab=32000)
+MAX_SHARD_BYTES = 700e6
+
+
+def _llama_tensors(g: dict) -> list[tuple[str, tuple[int, ...]]]:
+    """Tensor names and shapes in the order transformers writes a LLaMA checkpoint."""
+    h, f, hd = g["hidden"], g["ffn"], g["hidden"] // g["heads"]
+    out = [("model.embed_tokens.weight", (g["vocab"], h))]
+    for i in range(g["layers"]):
+        p = f"model.layers.{i}."
+        out += [(p + "input_layernorm.weight", (h,)),
+                (p + "self_attn.q_proj.weight", (g["heads"] * hd, h)),
+                (p + "self_attn.k_proj.weight", (g["kv_heads"] * hd, h)),
+                (p + "self_attn.v_proj.weight", (g["kv_heads"] * hd, h)),
+                (p + "self_attn.o_proj.weight", (h, g["heads"] * hd)),
+                (p + "post_attention_layernorm.weight", (h,)),
+                (p + "mlp.gate_proj.weight", (f, h)),
+                (p + "mlp.up_proj.weight", (f, h)),
+                (p + "mlp.down_proj.weight", (h, f))]
+    out += [("model.norm.weight", (h,)), ("lm_head.weight", (g["vocab"], h))]
+    return out
+
+
+def generate_llama(directory: Path, geometry: dict = LLAMA, max_shard_bytes: float = MAX_SHARD_BYTES) -> dict:
+    """Write a sharded fp32 LLaMA-like safetensors checkpoint, one shard in memory at a time."""
+    import math
+
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = _llama_tensors(geometry)
+    shards, cur, size = [], [], 0
+    for name, shape in tensors:
+        nbytes = math.prod(shape) * 4
+        if cur and size + nbytes > max_shard_bytes:
+            shards.append(cur)
+            cur, size = [], 0
+        cur.append((name, shape))
+        size += nbytes
+    shards.append(cur)
+    gen = torch.Generator().manual_seed(0)
+    weight_map, total, shard_bytes = {}, 0, []
+    for k, shard in enumerate(shards):
+        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        data = {}
+        for name, shape in shard:
+            if len(shape) == 1:
+                data[name] = torch.ones(shape)
+            else:
+                data[name] = torch.empty(shape).normal_(0.0, 0.02, generator=gen)
+        save_file(data, str(directory / fname), metadata={"format": "pt"})
+        for name, t in data.items():
+            weight_map[name] = fname
+            total += t.numel() * 4
+        shard_bytes.append((directory / fname).stat().st_size)
+        del data
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    h = geometry["hidden"]
+    (directory / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h,
+        "intermediate_size": geometry["ffn"], "num_attention_heads": geometry["heads"],
+        "num_key_value_heads": geometry["kv_heads"], "num_hidden_layers": geometry["layers"],
+        "vocab_size": geometry["vocab"], "torch_dtype": "float32"}, indent=2))
+    sizes = {name: math.prod(shape) * 4 for name, shape in tensors if len(shape) == 2}
+    analysed = {n: s for n, s in sizes.items() if "layers." in n}
+    largest_file = max(sizes, key=sizes.get)
+    largest_analysed = max(analysed, key=analysed.get)
+    return dict(geometry=geometry, n_shards=len(shards), shard_bytes=shard_bytes, total_bytes=total,
+                n_block_matrices=len(analysed),
+                largest_tensor=largest_file, largest_tensor_bytes=sizes[largest_file],
+                largest_analysed_tensor=largest_analysed, largest_analysed_bytes=analysed[largest_analysed])
+
+
+def set_header_length(path: Path, pickle_like: bool) -> bool:
+    """Rewrite a safetensors header's space padding so that its length's first byte is 0x80
+    (``pickle_like``) or is not. Streams the data; returns whether the file changed."""
+    with open(path, "rb") as fh:
+        n = struct.unpack("<Q", fh.read(8))[0]
+        if (n % 256 == 0x80) == pickle_like:
+            return False
+        body = fh.read(n).rstrip(b" ")
+        length = (len(body) + 7) // 8 * 8
+        while (length % 256 == 0x80) != pickle_like:
+            length += 8
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as out:
+            out.write(struct.pack("<Q", length) + body + b" " * (length - len(body)))
+            shutil.copyfileobj(fh, out, 16 << 20)
+    os.replace(tmp, path)
+    return True
+
+
+def sniff_shards(directory: Path) -> dict:
+    from topoprune.graph.loading import _sniff, open_checkpoint
+
+    formats = {p.name: _sniff(p) for p in sorted(directory.glob("*.safetensors"))}
+    ckpt = open_checkpoint(directory)
+    cls = type(ckpt).__name__
+    ckpt.close()
+    del ckpt
+    return dict(formats=formats, checkpoint_class=cls)
