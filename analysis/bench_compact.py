@@ -67,17 +67,18 @@ def save_results(path: Path, results: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- training
-def train_one(method, neurons, heads, args, workdir: Path) -> dict:
+def train_one(method, neurons, heads, args, workdir: Path, distill: dict | None = None, suffix: str = "") -> dict:
+    """Train one setting in ``workdir`` (optionally distilled from a teacher) and compact it."""
     from topoprune.train.run import TrainConfig, train
 
-    name = key(method, neurons, heads)
+    name = key(method, neurons, heads) + suffix
     run_dir, small = workdir / name, workdir / f"{name}-compact"
     npc = {"method": method, "seed": args.seed}
     if method != "dense":
         npc.update(neuron_target=neurons or None, head_target=heads or None)
     cfg = TrainConfig(model="minilm", data="tweets", out=str(run_dir), epochs=args.epochs, lr=args.lr,
                       n_train=args.n_train, n_eval=args.n_eval, seed=args.seed, topology_every=0, save_steps=10_000,
-                      neuroprune=npc)
+                      neuroprune=npc, distill=distill)
     t0 = time.perf_counter()
     rec = train(cfg, overwrite=True, progress=False)
     comp = run_compact(run_dir, small, overwrite=True)

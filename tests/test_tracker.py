@@ -1,6 +1,8 @@
 """Topology during training: degrees in the training process, fits and modularity in the background,
 and the completed snapshots equal to the synchronous analysis."""
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -155,3 +157,11 @@ def test_a_backlog_is_dropped_not_waited_for(sparse_bert, skip_stale):
         assert sorted(steps + tracker.skipped) == [1, 2, 3]
     else:
         assert steps == [1, 2, 3] and tracker.skipped == []
+
+
+def test_background_process_takes_the_idle_scheduling_class():
+    code = ("import os; from topoprune.train.tracker import background_priority as p; "
+            "print(p(0), os.sched_getscheduler(0) == os.SCHED_OTHER, p(15), os.sched_getscheduler(0) == os.SCHED_IDLE)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["normal", "True", "idle", "True"]

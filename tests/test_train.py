@@ -107,6 +107,22 @@ def test_two_process_ddp_identical_masks(tmp_path):
     rec = json.loads((tmp_path / "ddp" / "topoprune.json").read_text())
     assert rec["world_size"] == 2 and rec["ranks_agree"] is True  # mask digests all-gathered across ranks
     assert rec["head_decisions"], "theta 0.5 on a random-init model must remove heads"
+    # the snapshots' fits and modularity were spread over both ranks, and the final one is what a
+    # single process computes on the saved model
+    assert set(rec["topology_matrices_by_rank"]) == {"0", "1"} and min(rec["topology_matrices_by_rank"].values()) > 0
+    import pandas as pd
+    from transformers import AutoModelForSequenceClassification
+
+    from topoprune.train.topology import topology_snapshot
+
+    history = pd.read_csv(tmp_path / "ddp" / "topology_history.csv")
+    assert list(history["step"]) == [4, 6] and history["mlp/modularity"].notna().all()
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ddp" / "model")
+    snap = topology_snapshot(model, eps=rec["config"]["neuroprune"]["eps"], heads_remaining=rec["heads_remaining"])
+    assert snap["mlp/modularity"] is not None and snap["mlp/in_conn_sd"] is not None
+    for key in ("mlp/modularity", "mlp/in_alpha", "mlp/in_conn_sd", "attention/in_alpha", "attention/in_conn_sd"):
+        want = float("nan") if snap.get(key) is None else snap[key]
+        assert history[key].iloc[-1] == pytest.approx(want, rel=1e-9, nan_ok=True), key
 
 
 def test_accelerate_launch_two_processes(tmp_path):

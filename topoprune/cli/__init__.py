@@ -24,6 +24,7 @@ from ..oneshot.prune import ALLOCATIONS, GROUPS, NEUROAL_STEPS, PRUNERS, OneShot
 from ..oneshot.run import EvalConfig
 from ..train.config import (DEFAULT_FREQUENCY, HEAD_MODES, PAPER_PENALTIES, PENALTY_FORMS, TARGET_PENALTIES,
                             TRAIN_METHODS, NeuroPruneConfig)
+from ..train.distill import Distillation
 from ..train.run import TrainConfig
 from ..train.schedules import SCHEDULES
 from .group import REFUSED_PICKLE, Group, setup_logging  # noqa: F401 (REFUSED_PICKLE: part of the interface)
@@ -224,6 +225,12 @@ def compare(a, b, out, as_json, **opts):
 @click.option("--topology-background/--topology-sync", default=default(TrainConfig, "topology_background"),
               show_default=True, help="Fits and modularity of a snapshot in a background process (or in the loop).")
 @click.option("--save-steps", type=int, default=default(TrainConfig, "save_steps"), show_default=True)
+@click.option("--teacher", type=click.Path(path_type=str), default=None,
+              help="Distil from this dense teacher (a finished train run or a fine-tuned model directory).")
+@click.option("--distill-weight", type=float, default=default(Distillation, "weight"), show_default=True,
+              help="Share of the teacher term in the loss (lambda), with --teacher.")
+@click.option("--distill-temperature", type=float, default=default(Distillation, "temperature"), show_default=True,
+              help="Softmax temperature of the teacher term, with --teacher.")
 @click.option("--report-to", multiple=True, help="Trainer integration (tensorboard, ...); repeatable.")
 @click.option("-o", "--out", type=click.Path(path_type=str), default=default(TrainConfig, "out"), show_default=True)
 @click.option("--resume", is_flag=True,
@@ -231,7 +238,8 @@ def compare(a, b, out, as_json, **opts):
 @click.option("--overwrite", is_flag=True, help="Replace OUT (or discard an interrupted run's checkpoints).")
 def train(model, data, method, target, neuron_target, head_target, schedule, frequency, mlp_weight, attn_weight,
           penalty_form, eps, theta, head_pruning, head_every, epochs, max_steps, batch_size, lr, max_length, n_train,
-          n_eval, seed, topology_every, topology_background, save_steps, report_to, out, resume, overwrite):
+          n_eval, seed, topology_every, topology_background, save_steps, teacher, distill_weight, distill_temperature,
+          report_to, out, resume, overwrite):
     """Sparse training with NeuroPrune (or a baseline) and topology tracking."""
     from ..train.run import leave_process_group
     from ..train.run import train as run_train
@@ -243,7 +251,9 @@ def train(model, data, method, target, neuron_target, head_target, schedule, fre
     cfg = TrainConfig(model=model, data=data, out=str(out), epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                       lr=lr, max_length=max_length, n_train=n_train or None, n_eval=n_eval or None, seed=seed,
                       topology_every=topology_every, topology_background=topology_background, save_steps=save_steps,
-                      report_to=tuple(report_to), neuroprune=neuroprune)
+                      report_to=tuple(report_to), neuroprune=neuroprune,
+                      distill=None if teacher is None else dict(teacher=teacher, weight=distill_weight,
+                                                                 temperature=distill_temperature))
     try:
         record = run_train(cfg, resume=resume, overwrite=overwrite, progress=show_progress(),
                            announce=lambda msg: click.echo(msg, err=True))

@@ -31,6 +31,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from ..errors import CheckpointError, TopopruneError
+from .distill import distill_loss
 from .neuroprune import NeuroPrune
 from .rundir import mark_complete, rotate
 from .topology import TopologyHistory, topology_snapshot
@@ -47,6 +48,12 @@ def _summary(snap: dict) -> str:
     parts = [f"{k.replace('/', ' ')} {v:.3g}" for k, v in snap.items()
              if v is not None and k in ("mlp/sparsity", "attention/sparsity", "mlp/in_conn_sd", "heads/remaining")]
     return ", ".join(parts) or "no attention or MLP matrices"
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def _barrier() -> None:
@@ -120,9 +127,10 @@ class NeuroPruneCallback(TrainerCallback):
             # The epoch's last step: prune heads here rather than in on_epoch_end, so that a
             # checkpoint saved at this step (saving follows on_step_end) already holds them.
             self._end_epoch(round(epoch), optimizer)
-        if self.topology_every and state.global_step % self.topology_every == 0:
+        due = bool(self.topology_every) and state.global_step % self.topology_every == 0
+        if due:
             self.snapshot(state)
-        if self.tracker is not None:
+        if self.tracker is not None and (due or self.tracker.world == 1):  # ranks exchange at snapshots only
             self._collect(wait=False)
 
     def on_epoch_end(self, args, state, control, optimizer=None, **kwargs):
@@ -159,10 +167,10 @@ class NeuroPruneCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         _barrier()  # every rank has written its part (RNG state) of the checkpoint
+        if self.tracker is not None:
+            self._collect(wait=True)  # a checkpoint holds complete snapshots
         if ckpt.is_dir() and state.is_world_process_zero:
             self.neuroprune.save(ckpt)
-            if self.tracker is not None:
-                self._collect(wait=True)  # a checkpoint holds complete snapshots
             self.history.save(ckpt / HISTORY_FILE)
             mark_complete(ckpt, state.global_step)  # last: only now may the checkpoint be resumed from
             if self.keep_checkpoints:
@@ -173,26 +181,34 @@ class NeuroPruneCallback(TrainerCallback):
     def snapshot(self, state, log_it: bool = True, complete: bool = False) -> dict:
         """Measure the topology now, add it to the history and (optionally) to the Trainer's logs.
 
-        Only the main process measures. With a background tracker the power-law fits and the
-        modularity arrive later (:meth:`_collect`); ``complete`` waits for them.
+        Only the main process records and logs. With a background tracker the power-law fits and
+        the modularity arrive later (:meth:`_collect`); ``complete`` waits for them. Under
+        ``torch.distributed`` every rank takes the snapshot and computes the fits and modularity
+        of its share of the matrices (:class:`TopologyTracker`, ``rank`` / ``world``).
         """
-        if not state.is_world_process_zero:
+        main, (rank, world) = state.is_world_process_zero, _rank_world()
+        if not main and world == 1:
             return {}
-        if not (self.history.rows and self.history.rows[-1]["step"] == state.global_step):
-            if self.tracker is None:
-                self.tracker = TopologyTracker(self.neuroprune.model, eps=self.neuroprune.config.eps,
-                                               fits=self.topology_fits, background=self.topology_background,
-                                               nice=self.topology_nice, skip_stale=self.topology_skip_stale)
+        if self.tracker is None:
+            self.tracker = TopologyTracker(self.neuroprune.model, eps=self.neuroprune.config.eps,
+                                           fits=self.topology_fits, background=self.topology_background,
+                                           nice=self.topology_nice, skip_stale=self.topology_skip_stale,
+                                           rank=rank, world=world)
+        recorded = main and self.history.rows and self.history.rows[-1]["step"] == state.global_step
+        if not recorded and self.tracker.last_step != state.global_step:
             snap = self.tracker.snapshot(state.global_step, self.neuroprune.heads_remaining())
-            self.history.add(state.global_step, state.epoch, snap)
-            board = self._board()
-            if board is not None:
-                board.histograms(self.tracker.degrees, state.global_step)
-            if log_it:
-                self._log({f"topology/{k}": v for k, v in snap.items() if v is not None})
-            log.info("step %d: %s", state.global_step, _summary(snap))
-        if complete and self.tracker is not None:
+            if main:
+                self.history.add(state.global_step, state.epoch, snap)
+                board = self._board()
+                if board is not None:
+                    board.histograms(self.tracker.degrees, state.global_step)
+                if log_it:
+                    self._log({f"topology/{k}": v for k, v in snap.items() if v is not None})
+                log.info("step %d: %s", state.global_step, _summary(snap))
+        if complete:
             self._collect(wait=True, log_it=log_it)
+        if not main:
+            return {}
         return {k: v for k, v in self.history.rows[-1].items() if k not in ("step", "epoch")}
 
     def _board(self):
@@ -210,6 +226,9 @@ class NeuroPruneCallback(TrainerCallback):
     def _collect(self, wait: bool, log_it: bool = True) -> None:
         """Merge the completed background snapshots into the history; log what they add, at the
         step of the snapshot they complete."""
+        self.tracker.exchange(wait)  # every rank, at the same points; nothing with one process
+        if self.tracker.rank != 0:
+            return
         done = self.tracker.finish() if wait else self.tracker.poll()
         for step, snap in done:
             added = self.history.update(step, snap)
@@ -235,7 +254,7 @@ class NeuroPruneCallback(TrainerCallback):
 
 
 class NeuroPruneTrainer(Trainer):
-    """A ``Trainer`` whose loss includes the NeuroPrune penalty and whose events drive the masks.
+    r"""A ``Trainer`` whose loss includes the NeuroPrune penalty and whose events drive the masks.
 
     Parameters
     ----------
@@ -247,6 +266,10 @@ class NeuroPruneTrainer(Trainer):
         Steps between topology snapshots.
     topology_fits, topology_background : bool
         As for :class:`NeuroPruneCallback`.
+    teacher, distill, task : torch.nn.Module, Distillation, str, optional
+        Distil from ``teacher`` with the weight and temperature of ``distill``
+        (:mod:`~topoprune.train.distill`) on a ``task`` model; the loss is then
+        :math:`(1 - \lambda) \mathcal{L}_\text{task} + \lambda T^2 \mathrm{KL}` before the penalty.
 
     Notes
     -----
@@ -256,9 +279,11 @@ class NeuroPruneTrainer(Trainer):
     """
 
     def __init__(self, *args, neuroprune: NeuroPrune, topology_every: int = 50, topology_fits: bool = True,
-                 topology_background: bool = True, **kwargs):
+                 topology_background: bool = True, teacher=None, distill=None, task: str = "classification",
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.neuroprune = neuroprune
+        self.teacher, self.distill, self.task = teacher, distill, task
         keep, self.args.save_total_limit = self.args.save_total_limit, None  # rotated after the masks, not before
         self.np_callback = NeuroPruneCallback(neuroprune, topology_every=topology_every, topology_fits=topology_fits,
                                               keep_checkpoints=keep, topology_background=topology_background)
@@ -267,9 +292,22 @@ class NeuroPruneTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training and self.teacher is not None:
+            loss = self._distilled(loss, outputs, inputs)
         if model.training:
             loss = loss + self.neuroprune.penalty().to(loss.device, loss.dtype)
         return (loss, outputs) if return_outputs else loss
+
+    def _distilled(self, loss, outputs, inputs):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
+        if next(self.teacher.parameters()).device != logits.device:
+            self.teacher.to(logits.device)
+        with torch.no_grad():
+            taught = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}
+                                  | ({"labels": inputs["labels"]} if self.task == "seq2seq" else {})).logits
+        soft = distill_loss(logits, taught, inputs.get("labels"), self.task, self.distill.temperature)
+        w = self.distill.weight
+        return (1.0 - w) * loss + w * soft.to(loss.dtype)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)

@@ -41,6 +41,7 @@ from .. import __version__
 from ..errors import ConfigError
 from ..models import BUILTIN, build_model, check_model, load_tokenizer, refused_pickle
 from .config import NeuroPruneConfig
+from .distill import Distillation, load_teacher
 from .neuroprune import NeuroPrune
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,9 @@ class TrainConfig:
     keep_checkpoints : int or None
         Complete checkpoints kept in the run (an older one is removed only after a newer one is
         complete, masks included); ``None`` keeps all.
+    distill : Distillation or None
+        Learn from a dense teacher's outputs as well as the labels
+        (:class:`~topoprune.train.distill.Distillation`; a dict of its fields is converted).
     """
 
     model: str = "minilm"
@@ -101,6 +105,7 @@ class TrainConfig:
     neuroprune: NeuroPruneConfig = dataclasses.field(default_factory=NeuroPruneConfig)
     schedule_fraction: float = 0.75
     keep_checkpoints: int | None = 2
+    distill: Distillation | None = None
 
     def __post_init__(self):
         if self.epochs <= 0 and self.max_steps <= 0:
@@ -126,6 +131,10 @@ class TrainConfig:
         if not isinstance(self.neuroprune, NeuroPruneConfig):
             raise ConfigError(f"neuroprune must be a NeuroPruneConfig, got {type(self.neuroprune).__name__}")
         object.__setattr__(self, "report_to", tuple(self.report_to))
+        if isinstance(self.distill, dict):
+            object.__setattr__(self, "distill", Distillation(**self.distill))
+        if self.distill is not None and not isinstance(self.distill, Distillation):
+            raise ConfigError(f"distill must be a Distillation, got {type(self.distill).__name__}")
 
     def neuroprune_config(self, total_steps: int) -> NeuroPruneConfig:
         """The NeuroPrune settings, with the schedule's end (and frequency) resolved from ``total_steps``."""
@@ -247,7 +256,11 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     announce = announce or log.info
     check_model(config.model)
+    if config.distill is not None:
+        config.distill.teacher_dir()  # a missing teacher is refused before any work
     reads = [p for p in (config.model, config.data) if p not in BUILTIN and Path(p).exists()]
+    if config.distill is not None:
+        reads.append(config.distill.teacher)
     run = RunDir(config.out, run_config(config), resume=resume, overwrite=overwrite, reads=reads, rank=_rank())
     if run.resume_from is not None:
         announce(f"resuming from {run.resume_from.name} (step {run.resume_from.name.rsplit('-', 1)[-1]})"
@@ -270,6 +283,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     total = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * per_epoch)
     npc = config.neuroprune_config(total)
     npr = NeuroPrune(model, npc)  # validates the model before any training
+    teacher = load_teacher(config.distill, data.task, model) if config.distill is not None else None
     log.info("%s | model %s | %s, %d steps", data.describe(), config.model, npc.method, total)
     args = TrainingArguments(
         output_dir=str(run.checkpoint_dir), per_device_train_batch_size=config.batch_size,
@@ -284,7 +298,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     trainer = NeuroPruneTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                                 data_collator=collator, compute_metrics=_metrics_fn(data.task), neuroprune=npr,
                                 topology_every=config.topology_every,
-                                topology_background=config.topology_background)
+                                topology_background=config.topology_background, teacher=teacher,
+                                distill=config.distill, task=data.task)
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # no dict per log on stdout; logs still reach report_to and log_history
@@ -335,6 +350,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         "sparsity": json.loads(sparsity.to_json(orient="records")),
         "heads_remaining": npr.heads_remaining(),
         "topology_skipped": list(trainer.np_callback.tracker.skipped) if trainer.np_callback.tracker else [],
+        "topology_matrices_by_rank": {str(r): n for r, n in sorted(trainer.np_callback.tracker.by_rank.items())}
+        if trainer.np_callback.tracker else {},
         "head_decisions": [d.to_dict() for d in npr.head_decisions],
         "ranks_agree": agree, "world_size": int(trainer.args.world_size),
     }

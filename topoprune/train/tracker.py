@@ -50,19 +50,37 @@ from .topology import summarize_topology
 
 log = logging.getLogger(__name__)
 
-#: Niceness of the background process: training keeps the cores it needs.
+#: Niceness of the background process where the idle scheduling class is not available.
 BACKGROUND_NICE = 15
+
+
+def background_priority(nice: int) -> str:
+    """Lower this process's CPU priority for background work; return what was set.
+
+    ``nice > 0``: Linux's ``SCHED_IDLE`` class where available -- the process runs only on cycles
+    no normal process wants (CFS weight 3 against 1024 for a normal process, 36 at niceness 15),
+    so training threads that use every core are not preempted by it, which matters for OpenMP
+    threads that wait for each other at every operation -- else niceness ``nice``. ``0``: unchanged.
+    """
+    if not nice:
+        return "normal"
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return "idle"
+    except (AttributeError, OSError):  # not Linux, or not permitted
+        pass
+    try:
+        os.nice(nice)
+        return f"nice {nice}"
+    except OSError:  # pragma: no cover - not permitted
+        return "normal"
 
 
 def _background_init(parent: int, nice: int) -> None:
     from ..graph.workers import worker_init
 
     worker_init(parent)
-    if nice:
-        try:
-            os.nice(nice)
-        except OSError:  # pragma: no cover - not permitted
-            pass
+    background_priority(nice)
 
 
 def heavy_metrics(jobs: list, fit: FitConfig | None, modularity: ModularityConfig | None) -> dict:
@@ -105,13 +123,19 @@ class TopologyTracker:
     background : bool
         Run fits and modularity in a background process (else at once, in this process).
     nice : int
-        Niceness of the background process (:data:`BACKGROUND_NICE`; 0: as the training process).
+        Priority of the background process: > 0 the idle scheduling class, or this niceness where
+        that is not available (:func:`background_priority`); 0: as the training process.
     work : callable
         The background computation, ``work(jobs, fit, modularity) -> {name: {column: value}}``
         (:func:`heavy_metrics`; a module-level function, as it is pickled for the worker).
     skip_stale : bool
         Drop the background work of a snapshot that has not started when a newer snapshot is
         taken (``False``: every snapshot is completed, however long the backlog).
+    rank, world : int
+        Under ``torch.distributed``: this process's rank and the number of ranks. Every rank
+        takes the same snapshots and does the background work of every ``world``-th matrix
+        (``jobs[rank::world]``); :meth:`exchange`, called by every rank at the same points, brings
+        the shares to rank 0, which alone completes snapshots.
 
     Attributes
     ----------
@@ -122,11 +146,14 @@ class TopologyTracker:
         Why the background work stopped (after it failed once, snapshots hold degree statistics only).
     skipped : list of int
         Steps whose fits and modularity were dropped because newer snapshots came first.
+    by_rank : dict
+        ``{rank: matrices}`` whose fits and modularity each rank computed, over the completed
+        snapshots (rank 0's view).
     """
 
     def __init__(self, model: torch.nn.Module, *, eps: float, fits: bool = True, modularity: bool = True,
                  seed: int = 0, background: bool = True, nice: int = BACKGROUND_NICE, work=heavy_metrics,
-                 skip_stale: bool = True):
+                 skip_stale: bool = True, rank: int = 0, world: int = 1):
         while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
             model = model.module
         self.binding = Binding(model)
@@ -140,6 +167,11 @@ class TopologyTracker:
         self.failed: str | None = None
         self._pool: ProcessPoolExecutor | None = None
         self._pending: dict[int, tuple[list[Future], pd.DataFrame, dict | None]] = {}
+        self.rank, self.world = int(rank), max(1, int(world))
+        self.last_step: int | None = None
+        self.by_rank: dict[int, int] = {}
+        self._remote: dict[int, dict[int, dict | None]] = {}  # rank 0: step -> {rank: its share, None if dropped}
+        self._dropped: list[int] = []  # other ranks: steps whose share was dropped, to report at the next exchange
 
     # -- the cheap part ---------------------------------------------------------------------
     def rows(self) -> tuple[pd.DataFrame, list]:
@@ -177,17 +209,24 @@ class TopologyTracker:
     def snapshot(self, step: int, heads_remaining: dict | None = None) -> dict:
         """The degree statistics of now (fits and modularity follow from :meth:`poll`)."""
         df, jobs = self.rows()
-        if jobs and self.failed is None and (self.fit is not None or self.modularity is not None):
+        self.last_step = step
+        wanted = bool(jobs) and (self.fit is not None or self.modularity is not None)
+        if wanted and self.failed is not None and self.rank != 0:
+            self._dropped.append(step)  # rank 0 is waiting for this rank's share
+        elif wanted and self.failed is None:
             if self.skip_stale:
                 self._drop_stale()
+            mine = jobs[self.rank::self.world]  # [matrices of this rank]
             try:
                 if self.background:
-                    pool = self._executor()
-                    futures = [pool.submit(self.work, [job], self.fit, self.modularity) for job in jobs]
+                    pool = self._executor() if mine else None
+                    futures = [pool.submit(self.work, [job], self.fit, self.modularity) for job in mine]
                 else:
-                    futures = [_done(self.work(jobs, self.fit, self.modularity))]
+                    futures = [_done(self.work(mine, self.fit, self.modularity))]
             except Exception as exc:  # a broken pool refuses new work; a synchronous failure lands here
                 self._fail(exc)
+                if self.rank != 0:
+                    self._dropped.append(step)
             else:
                 self._pending[step] = (futures, df, heads_remaining)
         return summarize_topology(df, heads_remaining)
@@ -199,6 +238,9 @@ class TopologyTracker:
             if any([f.cancel() for f in futures]):  # every one tried: none of a dropped snapshot's work is left
                 del self._pending[step]
                 self.skipped.append(step)
+                self._remote.pop(step, None)
+                if self.rank != 0:
+                    self._dropped.append(step)
                 log.debug("step %d: fits and modularity skipped (the background process is behind)", step)
 
     def _fail(self, exc: BaseException) -> None:
@@ -206,6 +248,8 @@ class TopologyTracker:
             self.failed = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             log.warning("topology fits and modularity stopped (%s); training goes on with degree statistics only",
                         self.failed)
+        if self.rank != 0:
+            self._dropped += list(self._pending)
         self._pending.clear()
         self.close()
 
@@ -216,8 +260,8 @@ class TopologyTracker:
                                              initializer=_background_init, initargs=(os.getpid(), self.nice))
         return self._pool
 
-    def _complete(self, step: int) -> dict | None:
-        futures, df, heads = self._pending.pop(step)
+    def _results(self, futures: list[Future]) -> dict | None:
+        """This rank's share of a snapshot (waits for it); None if the background work failed."""
         heavy: dict = {}
         try:
             for future in futures:
@@ -225,6 +269,24 @@ class TopologyTracker:
         except Exception as exc:  # the worker raised, or died (BrokenProcessPool)
             self._fail(exc)
             return None
+        return heavy
+
+    def _ready(self, step: int) -> bool:
+        return all(f.done() for f in self._pending[step][0]) and len(self._remote.get(step, ())) == self.world - 1
+
+    def _complete(self, step: int) -> dict | None:
+        futures, df, heads = self._pending.pop(step)
+        heavy = self._results(futures)
+        remote = self._remote.pop(step, {})
+        if heavy is None:
+            return None
+        if any(part is None for part in remote.values()):  # another rank dropped its share
+            self.skipped.append(step)
+            return None
+        for r, part in [(0, heavy), *remote.items()]:
+            self.by_rank[r] = self.by_rank.get(r, 0) + len(part)
+        for part in remote.values():
+            heavy.update(part)
         df = df.copy()
         for col in ("in_alpha", "in_verdict", "modularity"):
             df[col] = [heavy.get(n, {}).get(col, df.at[i, col]) for i, n in enumerate(df["name"])]
@@ -232,13 +294,38 @@ class TopologyTracker:
 
     def poll(self) -> list[tuple[int, dict]]:
         """The completed snapshots (step, all metrics) that are ready, in step order."""
-        ready = [s for s in sorted(self._pending) if all(f.done() for f in self._pending[s][0])]
+        ready = [s for s in sorted(self._pending) if self._ready(s)]
         return [(s, snap) for s in ready if s in self._pending and (snap := self._complete(s)) is not None]
 
     def finish(self) -> list[tuple[int, dict]]:
-        """Wait for every pending snapshot; return them completed, in step order."""
+        """Wait for every pending snapshot; return them completed, in step order (after
+        :meth:`exchange` with ``wait``, when there are several ranks)."""
         return [(s, snap) for s in sorted(self._pending) if s in self._pending
                 and (snap := self._complete(s)) is not None]
+
+    def exchange(self, wait: bool) -> None:
+        """Under ``torch.distributed``, hand the finished shares of the other ranks to rank 0.
+
+        A collective (``all_gather_object``): every rank calls it at the same points. ``wait``:
+        each rank first finishes its whole share, so that afterwards rank 0 can :meth:`finish`
+        without waiting for anyone. Nothing happens with one rank.
+        """
+        if self.world == 1:
+            return
+        parts: dict[int, dict | None] = {}
+        if self.rank != 0:
+            for step in sorted(self._pending):
+                if step in self._pending and (wait or all(f.done() for f in self._pending[step][0])):
+                    parts[step] = self._results(self._pending.pop(step)[0])  # a failure clears the rest
+            parts.update({step: None for step in self._dropped})
+            self._dropped = []
+        gathered: list = [None] * self.world
+        torch.distributed.all_gather_object(gathered, parts)
+        if self.rank == 0:
+            for r, got in enumerate(gathered[1:], start=1):
+                for step, part in (got or {}).items():
+                    if step in self._pending:  # else rank 0 has dropped the step itself
+                        self._remote.setdefault(step, {})[r] = part
 
     def close(self) -> None:
         """End the background process (pending snapshots are dropped: :meth:`finish` first)."""

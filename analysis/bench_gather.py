@@ -1,0 +1,164 @@
+"""Does gathering the live input dimensions of Q/K/V pay on CPU?
+
+NeuroPrune's attention penalty (Dhurandhar et al. 2024, arXiv 2404.01306, Eq. 2) is the
+:math:`l_{1,0.5}` norm over the input dimensions (columns) of :math:`\\operatorname{cat}(Q, K, V)`.
+A column that is zero in all three projections is an input dimension the attention never reads;
+a compacted model could then compute ``x[..., live] @ W[:, live].T`` instead of ``x @ W.T``. This
+script answers whether that is worth building, in two parts:
+
+1. **How many whole columns die.** Paper-mode runs of ``topoprune train`` (MiniLM, sentiment
+   tweets, one epoch) at the default penalty weights and at a ten times stronger attention
+   weight: per layer, the columns of ``cat(Q, K, V)`` that are entirely below epsilon, next to
+   the share of entries that are.
+2. **What a gather costs.** The three projections of one MiniLM layer (384 -> 384 each) timed as
+   dense ``nn.Linear`` against one shared ``index_select`` of the live inputs followed by three
+   smaller ``nn.Linear`` (the cheapest form a compacted model could take), at shares of dead
+   columns from 0 to 75 %, batch 1 x 64 tokens and batch 32 x 128 tokens, torch threads fixed,
+   alternating the two forms so that a slow phase of the machine hits both.
+
+Results: ``analysis/results/bench_gather.json``; ``--resume`` keeps runs made by the same code.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from analysis.fingerprint import code_fingerprint  # noqa: E402
+from topoprune.io import atomic_path  # noqa: E402
+
+RESULTS = ROOT / "analysis" / "results" / "bench_gather.json"
+#: Paper-mode penalty weights (alpha, beta) of the runs whose dead columns are counted.
+RUNS = {"default": (None, None), "beta x10": (6e-4, 5e-2)}
+#: Shares of dead input columns timed, and the (batch, tokens) shapes.
+SHARES = (0.0, 0.1, 0.25, 0.5, 0.75)
+SHAPES = ((1, 64), (32, 128))
+
+
+def dead_columns(run_dir: Path, eps: float) -> dict:
+    """Per layer: whole dead columns of cat(Q, K, V) and the share of dead entries."""
+    from topoprune.graph.binding import Binding
+    from topoprune.models import build_model, load_tokenizer
+
+    model = build_model(str(run_dir / "model"), "classification", load_tokenizer(str(run_dir / "model")),
+                        num_labels=2)
+    b = Binding(model)
+    out = {"columns": [], "entries": [], "width": None}
+    for la in b.attention:
+        a = torch.cat([b.weight(s).detach() for s in (la.q, la.k, la.v)])  # [3 d, d_in]
+        dead = a.abs() < eps
+        out["columns"].append(int(dead.all(0).sum()))
+        out["entries"].append(float(dead.float().mean()))
+        out["width"] = int(a.shape[1])
+    return out
+
+
+def train_runs(args, results: dict) -> None:
+    from topoprune.train.run import TrainConfig, train
+
+    for name, (alpha, beta) in RUNS.items():
+        if name in results["runs"]:
+            continue
+        out = args.workdir / name.replace(" ", "")
+        npc = {} if alpha is None else {"mlp_weight": alpha, "attn_weight": beta}
+        cfg = TrainConfig(out=str(out), topology_every=0, save_steps=10_000, seed=args.seed, neuroprune=npc)
+        rec = train(cfg, overwrite=True, progress=False)
+        npc_used = rec["config"]["neuroprune"]
+        row = {"alpha": npc_used["mlp_weight"], "beta": npc_used["attn_weight"],
+               "accuracy": rec["metrics"]["eval_accuracy"], **dead_columns(out, npc_used["eps"])}
+        results["runs"][name] = row
+        print(json.dumps({"run": name, **row}), flush=True)
+        save(args.out, results)
+
+
+def time_gather(args) -> list[dict]:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    d = 384
+    rows = []
+    with torch.inference_mode():
+        for batch, tokens in SHAPES:
+            x = torch.randn(batch, tokens, d)
+            full = [torch.nn.Linear(d, d) for _ in range(3)]
+            for share in SHARES:
+                live = torch.arange(int(round(d * (1 - share))), d)
+                small = [torch.nn.Linear(len(live), d) for _ in range(3)]
+
+                def dense():
+                    return [f(x) for f in full]
+
+                def gathered():
+                    xs = x.index_select(-1, live)  # [batch, tokens, live]: read once, shared by Q, K, V
+                    return [f(xs) for f in small]
+
+                times = {"dense": [], "gathered": []}
+                for _ in range(2):  # warm-up
+                    dense(), gathered()
+                for _ in range(args.repeats):
+                    for name, fn in (("dense", dense), ("gathered", gathered)):
+                        t = time.perf_counter()
+                        fn()
+                        times[name].append(time.perf_counter() - t)
+                med = {k: statistics.median(v) for k, v in times.items()}
+                rows.append({"batch": batch, "tokens": tokens, "dead_share": share,
+                             "dense_ms": 1000 * med["dense"], "gathered_ms": 1000 * med["gathered"],
+                             "speedup": med["dense"] / med["gathered"], "ideal": 1 / max(1e-9, 1 - share)})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def save(path: Path, results: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(results, indent=1))
+
+
+def table(results: dict) -> list[str]:
+    lines = ["| run (alpha, beta) | accuracy | dead entries of cat(Q,K,V), per layer | whole dead input "
+             "columns, per layer |", "|---|---|---|---|"]
+    for name, r in results.get("runs", {}).items():
+        lines.append(f"| {name} ({r['alpha']:g}, {r['beta']:g}) | {r['accuracy']:.3f} | "
+                     + " ".join(f"{e:.0%}" for e in r["entries"]) + " | "
+                     + " ".join(str(c) for c in r["columns"]) + f" of {r['width']} |")
+    lines += ["", "| batch x tokens | dead columns | dense Q,K,V | gathered | speed-up | ideal |",
+              "|---|---|---|---|---|---|"]
+    for r in results.get("timing", []):
+        lines.append(f"| {r['batch']} x {r['tokens']} | {r['dead_share']:.0%} | {r['dense_ms']:.3f} ms | "
+                     f"{r['gathered_ms']:.3f} ms | {r['speedup']:.2f}× | {r['ideal']:.2f}× |")
+    return lines
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--repeats", type=int, default=200, help="timed calls of each form per share and shape")
+    ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-gather")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args()
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if not args.table_only:
+        code = code_fingerprint("train", "graph", "models.py")
+        if not (args.resume and results.get("code") == code and results.get("seed") == args.seed):
+            results = {"code": code, "seed": args.seed, "runs": {}}
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        train_runs(args, results)
+        results["timing"] = time_gather(args)
+        results["machine"] = {"cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__}
+        save(args.out, results)
+    print("\n".join(table(results)))
+
+
+if __name__ == "__main__":
+    main()
