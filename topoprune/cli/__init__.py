@@ -76,6 +76,10 @@ def _analysis_options(f):
                      help="Worker processes (-1: one per CPU)."),
         click.option("--seed", type=int, default=default(ModularityConfig, "seed"), show_default=True,
                      help="Seed of the community detection."),
+        click.option("--scheduler", metavar="ADDRESS", default=default(AnalysisConfig, "scheduler"),
+                     help="Run the per-matrix work on a Dask cluster: a running scheduler's address "
+                          "(tcp://HOST:PORT; workers read CHECKPOINT at the same path), or local:N for N local "
+                          "worker processes [the local process pool, -j]."),
     ]
     for opt in reversed(options):
         f = opt(f)
@@ -98,26 +102,51 @@ def _print_table(df, columns):
 
 
 @main.command()
-@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.argument("checkpoints", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=str), default="topoprune-report", show_default=True,
               help="Report directory.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT when it holds an earlier topoprune output.")
 @click.option("--plots/--no-plots", default=False, show_default=True, help="Write figures into OUT/figures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--resume", is_flag=True,
+              help="Several checkpoints: continue an interrupted analysis of OUT (or extend a finished one), "
+                   "reusing the checkpoints finished with the same settings.")
+@click.option("--keep-going", is_flag=True,
+              help="Several checkpoints: record a checkpoint that cannot be analysed in OUT/failed.csv and go on.")
 @_analysis_options
-def analyze(checkpoint, out, overwrite, plots, as_json, **opts):
-    """Analyse CHECKPOINT (default: the embedded all-MiniLM-L6-v2).
+def analyze(checkpoints, out, overwrite, plots, as_json, resume, keep_going, **opts):
+    """Analyse CHECKPOINT (default: the embedded all-MiniLM-L6-v2), or several checkpoints.
 
     CHECKPOINT: a Hugging Face model directory, a .safetensors / .bin / .pt / .gguf file.
     Writes report.csv, summary.csv, report.json, degrees and patterns (and with --plots the
     figures) into OUT, all at once: OUT appears complete or not at all. An existing OUT is
     replaced only with --overwrite and only when topoprune wrote it.
+
+    Several checkpoints (A B C ..., or a directory of model directories such as a training
+    run's checkpoints/, ordered by step): one sub-report each in OUT/checkpoints/<label>/,
+    combined report.csv and summary.csv with a leading checkpoint (and step) column, and
+    figures/trajectory.png/.svg of alpha, connectivity sd and modularity across checkpoints.
     """
     from ..graph.analysis import analyze_report
     from ..graph.report import summarize
+    from ..graph.zoo import find_checkpoints
     from ..io import OutputDir
     from ..graph.report import save_report
 
+    if len(checkpoints) > 1:
+        for path in checkpoints:
+            check_input(path)
+    members = find_checkpoints(checkpoints) if checkpoints else None
+    if members is not None:
+        from .zoo import analyze_many
+
+        return analyze_many(checkpoints, members, out, overwrite=overwrite, plots=plots, as_json=as_json,
+                            resume=resume, keep_going=keep_going, progress=show_progress(), opts=opts,
+                            print_table=lambda df: _print_table(df, ["checkpoint", "step"] + SUMMARY_COLUMNS[1:]))
+    if resume:
+        raise ConfigError("--resume continues an analysis of several checkpoints; give several, or a directory "
+                          "of checkpoints")
+    checkpoint = checkpoints[0] if checkpoints else None
     source, kwargs = analysis_request(checkpoint, **opts)
     check_input(source)
     target = OutputDir(out, kind="report", overwrite=overwrite, reads=[source])  # refuses a bad OUT before any work
@@ -378,7 +407,7 @@ def compact(src, out, dtype, overwrite):
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
               help="Figure directory [REPORT_DIR/figures].")
 def plot(report_dir, out):
-    """Regenerate the figures of a saved report or training run (PNG and SVG)."""
+    """Regenerate the figures of a saved report, analysis of several checkpoints or training run (PNG and SVG)."""
     from ..errors import CheckpointError
 
     report_dir = Path(report_dir)
@@ -390,6 +419,11 @@ def plot(report_dir, out):
         from ..plotting.training import save_training_figures
 
         paths += save_training_figures(report_dir, target)
+    if (report_dir / "zoo.json").is_file() and (report_dir / "report.csv").is_file():  # several checkpoints
+        from ..graph.zoo import read_table
+        from ..plotting.trajectory import save_trajectory
+
+        paths += save_trajectory(read_table(report_dir / "report.csv"), target)
     if (report_dir / "report.json").is_file():
         from ..plotting import save_figures
         from ..graph.report import load_report

@@ -2,7 +2,8 @@
 
 Each bad option is a :class:`~topoprune.errors.ConfigError` naming it: ``--density`` together with
 ``--threshold``, a reversed ``--layers 3-1``, a negative or absurd block index, an out-of-range
-``--jobs`` (checked by :class:`~topoprune.graph.config.AnalysisConfig`).
+``--jobs`` or a malformed ``--scheduler`` (checked by :class:`~topoprune.graph.config.AnalysisConfig`),
+``--scheduler`` without the ``distributed`` package.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def parse_roles(text: str | None):
 
 
 def analysis_request(checkpoint, density, threshold, layers, roles, fits, modularity, block_modularity,
-                     model_graph, embeddings, nonfinite, jobs, seed):
+                     model_graph, embeddings, nonfinite, jobs, seed, scheduler=None):
     """``(source, kwargs of analyze_report)`` from the analysis options, every option checked."""
     from ..graph.config import AnalysisConfig, GraphConfig, ModularityConfig
     from ..assets import default_checkpoint
@@ -62,7 +63,11 @@ def analysis_request(checkpoint, density, threshold, layers, roles, fits, modula
     config = AnalysisConfig(graph=graph, modularity=ModularityConfig(seed=seed), fits=fits,
                             matrix_modularity=modularity, block_modularity=block_modularity,
                             model_modularity=model_graph,
-                            include_embeddings=embeddings, nonfinite=nonfinite, n_jobs=jobs)
+                            include_embeddings=embeddings, nonfinite=nonfinite, n_jobs=jobs, scheduler=scheduler)
+    if scheduler is not None:
+        from ..graph.cluster import require_distributed
+
+        require_distributed()
     kwargs = dict(config=config, layers=parse_layers(layers), roles=parse_roles(roles))
     source = checkpoint if checkpoint is not None else default_checkpoint()
     return source, kwargs

@@ -11,6 +11,8 @@
 ``fits``           discrete power-law fits with likelihood-ratio tests
 ``analysis``       :func:`analyze`: one report row per matrix
 ``report``         the :class:`Report`, its summaries, save/load/compare
+``zoo``            many checkpoints in one analysis: combined tables, metrics across checkpoints
+``zoodir``         the staged, resumable output directory of such an analysis
 ``workers``        the process pool of an analysis
 ``config``         the frozen settings of all of the above
 =================  ==============================================================

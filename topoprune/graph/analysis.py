@@ -8,6 +8,10 @@ and modularity (:mod:`~topoprune.graph.metrics`) -> power-law fits (:mod:`~topop
 Optionally, each block's layered attention and MLP graphs are assembled from the
 matrices' graphs and their modularity measured (``df.attrs["layered"]``).
 
+The per-matrix work (fits, modularity) runs in a local process pool (``n_jobs``), or with
+``scheduler`` on a Dask cluster whose workers read the tensors themselves
+(:mod:`~topoprune.graph.cluster`); the results are the same.
+
 Degenerate matrices do not stop the run: an all-zero matrix gets ``status="all_zero"``
 and NaN metrics; NaN/Inf stop it with an error naming the tensor unless
 ``nonfinite="flag"`` (then ``status="nonfinite"``).
@@ -232,6 +236,11 @@ def analyze_report(source, density: float | None = None, *, threshold: float | N
     """Like :func:`analyze`, returning the full :class:`Report`."""
     config = _config_from(config, density, threshold, layers=tuple(layers) if layers is not None else None,
                           roles=tuple(roles) if roles is not None else None, **options)
+    path = None
+    if config.scheduler is not None:  # workers read the tensors themselves: a path, and distributed installed
+        from .cluster import check_request
+
+        path = check_request(source)
     ckpt = open_checkpoint(source)
     try:
         layout = describe(ckpt)
@@ -246,44 +255,16 @@ def analyze_report(source, density: float | None = None, *, threshold: float | N
         for s in specs:
             by_tensor[s.tensor].append(s)
         order = sorted(by_tensor, key=lambda t: (shard.get(t, ""), specs.index(by_tensor[t][0])))
-        _check_memory(ckpt, order)
-        rows, futures, keep, layered, patterns, degrees = [], [], defaultdict(dict), [], {}, {}
         bar = _progress(len(specs), progress)
-        limits = threadpool_limits(1)  # idle BLAS threads spinning here would starve the workers
-        executor, done = _Inline(), False
         try:
-            executor = _executor(config.n_jobs, len(specs))
-            for tensor_name in order:
-                tensor = ckpt.load(tensor_name)
-                for spec in by_tensor[tensor_name]:
-                    bar.set_postfix_str(spec.name[-40:], refresh=False)
-                    row, g, fut = matrix_row(_matrix(tensor, spec), spec, config, executor, patterns)
-                    rows.append(row)
-                    futures.append(fut)
-                    if g is not None and g.n_edges:
-                        degrees[spec.name] = (g.in_degree().astype(np.int32), g.out_degree().astype(np.int32))
-                    if (config.block_modularity or config.model_modularity) and g is not None and spec.block >= 0:
-                        keep[(spec.side, spec.block)][spec.role] = (g, spec)
-                    bar.update(1)
-                del tensor
-            _check_threshold(rows, config)
-            built = {key: _block_graphs(graphs) for key, graphs in sorted(keep.items())}
-            keep.clear()
-            for (side, block), graphs in built.items():
-                for component, lg in graphs:
-                    key = {"side": side, "block": block, "component": component}
-                    layered.append(executor.submit(_layered_metrics, lg, key, config))
-            if config.model_modularity:
-                for key, lg in _model_graphs(built):
-                    layered.append(executor.submit(_layered_metrics, lg, key, config))
-            for row, fut in zip(rows, futures):
-                if fut is not None:
-                    row.update(fut.result())
-            layered = [f.result() for f in layered]
-            done = True
+            if path is not None:
+                from .cluster import analyze_on_cluster
+
+                rows, degrees, patterns, layered = analyze_on_cluster(path, order, by_tensor, config, bar)
+            else:
+                _check_memory(ckpt, order)
+                rows, degrees, patterns, layered = _analyze_local(ckpt, order, by_tensor, config, bar)
         finally:
-            stop(executor, kill=not done)  # after an error or an interrupt: end the workers, wait for nothing
-            limits.restore_original_limits()
             bar.close()
     finally:
         ckpt.close()
@@ -293,6 +274,50 @@ def analyze_report(source, density: float | None = None, *, threshold: float | N
                 known_layout=layout.known)
     df.attrs.update(meta)
     return Report(df, pd.DataFrame(layered), degrees, patterns, meta)
+
+
+def _analyze_local(ckpt, order, by_tensor, config: AnalysisConfig, bar):
+    """The tensors ``order`` read here one at a time, fits and modularity in the local pool.
+
+    Returns ``(rows, degrees, patterns, layered)`` (see :func:`analyze_report`).
+    """
+    rows, futures, keep, layered, patterns, degrees = [], [], defaultdict(dict), [], {}, {}
+    limits = threadpool_limits(1)  # idle BLAS threads spinning here would starve the workers
+    executor, done = _Inline(), False
+    try:
+        executor = _executor(config.n_jobs, sum(len(v) for v in by_tensor.values()))
+        for tensor_name in order:
+            tensor = ckpt.load(tensor_name)
+            for spec in by_tensor[tensor_name]:
+                bar.set_postfix_str(spec.name[-40:], refresh=False)
+                row, g, fut = matrix_row(_matrix(tensor, spec), spec, config, executor, patterns)
+                rows.append(row)
+                futures.append(fut)
+                if g is not None and g.n_edges:
+                    degrees[spec.name] = (g.in_degree().astype(np.int32), g.out_degree().astype(np.int32))
+                if (config.block_modularity or config.model_modularity) and g is not None and spec.block >= 0:
+                    keep[(spec.side, spec.block)][spec.role] = (g, spec)
+                bar.update(1)
+            del tensor
+        _check_threshold(rows, config)
+        built = {key: _block_graphs(graphs) for key, graphs in sorted(keep.items())}
+        keep.clear()
+        for (side, block), graphs in built.items():
+            for component, lg in graphs:
+                key = {"side": side, "block": block, "component": component}
+                layered.append(executor.submit(_layered_metrics, lg, key, config))
+        if config.model_modularity:
+            for key, lg in _model_graphs(built):
+                layered.append(executor.submit(_layered_metrics, lg, key, config))
+        for row, fut in zip(rows, futures):
+            if fut is not None:
+                row.update(fut.result())
+        layered = [f.result() for f in layered]
+        done = True
+    finally:
+        stop(executor, kill=not done)  # after an error or an interrupt: end the workers, wait for nothing
+        limits.restore_original_limits()
+    return rows, degrees, patterns, layered
 
 
 def _check_memory(ckpt, names) -> None:

@@ -17,6 +17,8 @@ EDGE_MODES = ("auto", "density", "threshold", "nonzero")
 NONFINITE = ("error", "flag")
 #: Largest worker count accepted (the analysis also caps it at the CPUs and the matrices).
 MAX_JOBS = 256
+#: Prefix of a ``scheduler`` that starts a local Dask cluster (``local:N``: N worker processes).
+LOCAL_SCHEDULER = "local:"
 #: Alternatives the power law is compared with by log-likelihood ratio.
 ALTERNATIVES = ("lognormal", "exponential", "truncated_power_law")
 
@@ -160,6 +162,13 @@ class AnalysisConfig:
         Worker processes for fits and modularity: 1 runs everything in this process,
         -1 one worker per CPU (at most 8), else 1 to :data:`MAX_JOBS`; never more workers than
         CPUs or matrices are started. Results do not depend on it.
+    scheduler : str or None
+        Run the per-matrix work on a Dask cluster instead of the local process pool
+        (:mod:`topoprune.graph.cluster`): the address of a running scheduler
+        (``tcp://10.0.0.5:8786``), or ``local:N`` for a local cluster of N worker processes
+        (capped like ``n_jobs``). ``None``: the local pool. Results do not depend on it.
+    connect_timeout : float
+        Seconds allowed for connecting to ``scheduler``.
     nonfinite : {"error", "flag"}
         A matrix with NaN/Inf: stop with an error naming the tensor, or flag it in the
         ``status`` column and go on.
@@ -179,6 +188,8 @@ class AnalysisConfig:
     nonfinite: str = "error"
     n_jobs: int = -1
     pattern_size: int = 128
+    scheduler: str | None = None
+    connect_timeout: float = 10.0
 
     def __post_init__(self):
         if self.nonfinite not in NONFINITE:
@@ -186,6 +197,23 @@ class AnalysisConfig:
         if (not isinstance(self.n_jobs, int) or isinstance(self.n_jobs, bool)
                 or not (1 <= self.n_jobs <= MAX_JOBS or self.n_jobs == -1)):
             raise ConfigError(f"n_jobs (--jobs) must be -1 (one per CPU) or 1 to {MAX_JOBS}, got {self.n_jobs!r}")
+        if self.scheduler is not None:
+            local_workers(self.scheduler)  # checks the address's form
+        if not (isinstance(self.connect_timeout, (int, float)) and 0 < self.connect_timeout < math.inf):
+            raise ConfigError(f"connect_timeout must be a positive number of seconds, got {self.connect_timeout!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def local_workers(scheduler: str) -> int | None:
+    """The worker count of a ``local:N`` scheduler, ``None`` for an address; a malformed one is refused."""
+    if not isinstance(scheduler, str) or not scheduler.strip() or any(c.isspace() for c in scheduler):
+        raise ConfigError(f"scheduler (--scheduler) must be an address such as tcp://10.0.0.5:8786 or local:N, "
+                          f"got {scheduler!r}")
+    if not scheduler.startswith(LOCAL_SCHEDULER):
+        return None
+    n = scheduler[len(LOCAL_SCHEDULER):]
+    if not (n.isdigit() and 1 <= int(n) <= MAX_JOBS):
+        raise ConfigError(f"scheduler (--scheduler) {scheduler}: local:N needs N worker processes, 1 to {MAX_JOBS}")
+    return int(n)

@@ -7,9 +7,12 @@
   thread watching the parent's pid elsewhere), so a killed ``topoprune`` leaves no orphans.
 * :func:`stop` shuts an executor down: waiting for it after success, terminating its processes
   at once after an error or an interrupt (a long Leiden run is not waited for).
+* :func:`deferred_signals` holds Ctrl-C and SIGTERM back while worker processes start (those of
+  a local Dask cluster, :mod:`~topoprune.graph.cluster`), so none is left half started.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -95,6 +98,25 @@ def worker_init(parent_pid: int | None = None) -> None:
         _die_with_parent(parent_pid)
     threadpool_limits(1)
     torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Hold SIGINT and SIGTERM back until the block ends (main thread only), then handle them as
+    they would have been: for starting worker processes that an interrupt must not leave half started."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)  # KeyboardInterrupt, or whatever the handler does
 
 
 def executor(n_jobs: int, n_tasks: int | None = None) -> Executor:

@@ -1,4 +1,5 @@
-"""Figures of a :class:`~topoprune.graph.report.Report`: degree CCDFs with fits, trends, patterns.
+"""Figures of a :class:`~topoprune.graph.report.Report`: degree CCDFs with fits, trends, patterns;
+and of many checkpoints: the main metrics across them (:func:`plot_trajectory`).
 
 Every ``plot_*`` function draws into ``ax``/``axes`` when given (else it makes a new
 figure with :mod:`matplotlib.pyplot`) and returns the Axes (or an array of Axes); none of
@@ -34,6 +35,8 @@ Examples
 from .common import PAPER_STYLE, ROLE_LABELS, paper_style
 from .ccdf import ccdf, plot_block_grid, plot_ccdf, plot_role_ccdfs
 from .figures import default_patterns, plot_block_trends, plot_pattern, plot_patterns, save_figures
+from .trajectory import plot_trajectory, save_trajectory
 
 __all__ = ["ccdf", "plot_ccdf", "plot_role_ccdfs", "plot_block_grid", "plot_block_trends", "plot_pattern",
-           "plot_patterns", "default_patterns", "save_figures", "paper_style", "PAPER_STYLE", "ROLE_LABELS"]
+           "plot_patterns", "default_patterns", "save_figures", "plot_trajectory", "save_trajectory", "paper_style",
+           "PAPER_STYLE", "ROLE_LABELS"]

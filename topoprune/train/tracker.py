@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 BACKGROUND_NICE = 15
 
 
-def background_priority(nice: int) -> str:
-    """Lower this process's CPU priority for background work; return what was set.
+def background_priority(nice: int, pid: int = 0) -> str:
+    """Lower the CPU priority of process ``pid`` (0: this one) for background work; return what was set.
 
     ``nice > 0``: Linux's ``SCHED_IDLE`` class where available -- the process runs only on cycles
     no normal process wants (CFS weight 3 against 1024 for a normal process, 36 at niceness 15),
@@ -65,14 +65,17 @@ def background_priority(nice: int) -> str:
     if not nice:
         return "normal"
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
         return "idle"
     except (AttributeError, OSError):  # not Linux, or not permitted
         pass
     try:
-        os.nice(nice)
+        if pid:
+            os.setpriority(os.PRIO_PROCESS, pid, max(nice, os.getpriority(os.PRIO_PROCESS, pid)))
+        else:
+            os.nice(nice)
         return f"nice {nice}"
-    except OSError:  # pragma: no cover - not permitted
+    except (AttributeError, OSError):  # pragma: no cover - not permitted
         return "normal"
 
 
@@ -169,6 +172,7 @@ class TopologyTracker:
         self._pending: dict[int, tuple[list[Future], pd.DataFrame, dict | None]] = {}
         self.rank, self.world = int(rank), max(1, int(world))
         self.last_step: int | None = None
+        self._lowered: set[int] = set()  # background processes whose priority is lowered
         self.by_rank: dict[int, int] = {}
         self._remote: dict[int, dict[int, dict | None]] = {}  # rank 0: step -> {rank: its share, None if dropped}
         self._dropped: list[int] = []  # other ranks: steps whose share was dropped, to report at the next exchange
@@ -221,6 +225,7 @@ class TopologyTracker:
                 if self.background:
                     pool = self._executor() if mine else None
                     futures = [pool.submit(self.work, [job], self.fit, self.modularity) for job in mine]
+                    self._lower(pool)
                 else:
                     futures = [_done(self.work(mine, self.fit, self.modularity))]
             except Exception as exc:  # a broken pool refuses new work; a synchronous failure lands here
@@ -259,6 +264,27 @@ class TopologyTracker:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_background_init, initargs=(os.getpid(), self.nice))
         return self._pool
+
+    def _lower(self, pool) -> None:
+        """Lower the new background process's priority from here, at once: in the process itself
+        (its initializer) it would come only after seconds of imports at full priority."""
+        for pid in list(getattr(pool, "_processes", None) or ()):
+            if pid not in self._lowered:
+                self._lowered.add(pid)
+                background_priority(self.nice, pid)
+
+    def _waiting(self, on: bool) -> None:
+        """While training waits for the background work, run it at normal priority (an idle-class
+        process on a machine that other jobs keep busy would otherwise make the wait unbounded);
+        lower it again afterwards."""
+        for pid in list(self._lowered):
+            try:
+                if on:
+                    os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
+                else:
+                    background_priority(self.nice, pid)
+            except (AttributeError, OSError):  # not Linux, not permitted, or the process is gone
+                pass
 
     def _results(self, futures: list[Future]) -> dict | None:
         """This rank's share of a snapshot (waits for it); None if the background work failed."""
@@ -300,8 +326,12 @@ class TopologyTracker:
     def finish(self) -> list[tuple[int, dict]]:
         """Wait for every pending snapshot; return them completed, in step order (after
         :meth:`exchange` with ``wait``, when there are several ranks)."""
-        return [(s, snap) for s in sorted(self._pending) if s in self._pending
-                and (snap := self._complete(s)) is not None]
+        self._waiting(True)
+        try:
+            return [(s, snap) for s in sorted(self._pending) if s in self._pending
+                    and (snap := self._complete(s)) is not None]
+        finally:
+            self._waiting(False)
 
     def exchange(self, wait: bool) -> None:
         """Under ``torch.distributed``, hand the finished shares of the other ranks to rank 0.
@@ -314,11 +344,14 @@ class TopologyTracker:
             return
         parts: dict[int, dict | None] = {}
         if self.rank != 0:
+            self._waiting(wait)
             for step in sorted(self._pending):
                 if step in self._pending and (wait or all(f.done() for f in self._pending[step][0])):
                     parts[step] = self._results(self._pending.pop(step)[0])  # a failure clears the rest
             parts.update({step: None for step in self._dropped})
             self._dropped = []
+            if wait:
+                self._waiting(False)
         gathered: list = [None] * self.world
         torch.distributed.all_gather_object(gathered, parts)
         if self.rank == 0:
