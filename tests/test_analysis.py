@@ -112,3 +112,75 @@ def test_block_and_whole_model_graphs(tiny_bert_dir):
     mlp0 = lay.loc[(0, "mlp")]
     assert mlp0["hidden_n"] == 128 and mlp0["n_nodes"] == 64 + 128 + 64
     assert 0 < whole["modularity"] < 1
+
+
+def test_jobs_do_not_change_layered_or_weighted_results(tiny_bert_dir):
+    from topoprune.graph.config import AnalysisConfig, ModularityConfig
+
+    config = AnalysisConfig(modularity=ModularityConfig(weighted=True, seed=3))
+    kw = dict(config=config, block_modularity=True, model_modularity=True, fits=False)
+    a = topoprune.analyze_report(tiny_bert_dir, n_jobs=1, **kw)
+    b = topoprune.analyze_report(tiny_bert_dir, n_jobs=2, **kw)
+    pd.testing.assert_frame_equal(a.matrices, b.matrices)
+    pd.testing.assert_frame_equal(a.layered, b.layered)
+
+
+def test_a_worker_gets_a_packed_graph_not_an_edge_list(mlp_state):
+    """What a process pool receives for a matrix's modularity: bit-packed edges, not an [E, 2] array."""
+    from concurrent.futures import Executor, Future
+
+    from topoprune.graph.analysis import _heavy_metrics, _matrix, matrix_row
+    from topoprune.graph.config import AnalysisConfig
+    from topoprune.graph.edges import PackedEdges
+    from topoprune.graph.loading import open_checkpoint
+    from topoprune.graph.roles import describe
+
+    class Recorder(Executor):
+        def submit(self, fn, /, *args, **kwargs):
+            self.args = args
+            fut = Future()
+            fut.set_result(fn(*args, **kwargs))
+            return fut
+
+    config, rec = AnalysisConfig(n_jobs=1), Recorder()
+    spec = next(s for s in describe(open_checkpoint(mlp_state)).specs if s.name == "layers.0.mlp.fc1.weight")
+    w = _matrix(mlp_state[spec.tensor], spec)
+    row, g, fut = matrix_row(w, spec, config, rec)
+    packed = rec.args[2]
+    assert isinstance(packed, PackedEdges) and packed.bits is not None and packed.data is None
+    assert packed.nbytes < g.n_edges * 4 and not any(isinstance(a, np.ndarray) and a.ndim == 2 for a in rec.args)
+    assert fut.result() == _heavy_metrics(g.in_degree(), g.out_degree(), g, config)  # same as in-process
+
+
+def test_bounded_pool_holds_few_waiting_tasks():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from topoprune.graph.workers import Bounded
+
+    gate, lock, state = threading.Event(), threading.Lock(), {"open": 0, "most": 0}
+
+    def task(i):
+        gate.wait(5)
+        with lock:
+            state["open"] -= 1
+        return i
+
+    with ThreadPoolExecutor(2) as inner:
+        pool = Bounded(inner, 3)
+        futures = []
+
+        def submit_all():
+            for i in range(10):
+                with lock:
+                    state["open"] += 1
+                    state["most"] = max(state["most"], state["open"])
+                futures.append(pool.submit(task, i))
+
+        t = threading.Thread(target=submit_all)
+        t.start()
+        t.join(0.3)
+        assert t.is_alive() and len(futures) == 3  # the fourth submit waits for a slot
+        gate.set()
+        t.join(5)
+        assert [f.result() for f in futures] == list(range(10)) and state["most"] <= 4

@@ -108,3 +108,46 @@ def test_layered_attention_and_mlp_graphs_and_stack():
     assert [n for _, n in whole.layers] == [4, 4, 4, 6, 4]
     assert whole.n_edges == lg.n_edges + mg.n_edges
     assert whole.to_igraph().ecount() == whole.n_edges
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """igraph is fed a few edges at a time, so that the chunk boundaries are crossed."""
+    import topoprune.graph.edges as edges
+
+    monkeypatch.setattr(edges, "CHUNK", 7)
+
+
+def test_igraph_gets_the_edges_in_edge_list_order(small_chunks):
+    from topoprune.graph.bipartite import igraph_from_edges
+
+    w = torch.randn(40, 30, generator=torch.Generator().manual_seed(5))
+    g = bipartite_graph(w, GraphConfig(density=0.2))
+    edges = g.edge_list()
+    assert g.to_igraph().get_edgelist() == [tuple(e) for e in edges.tolist()]
+    assert igraph_from_edges(70, edges).get_edgelist() == [tuple(e) for e in edges.tolist()]
+    weighted = g.to_igraph(weighted=True)
+    np.testing.assert_array_equal(weighted.es["weight"], g.biadjacency.tocoo().data.astype(float))
+    lg = mlp_graph(g, bipartite_graph(w.T, GraphConfig(density=0.3)), g)
+    e, wt = lg.edge_arrays()
+    ig = lg.to_igraph(weighted=True)
+    assert ig.vcount() == lg.n_nodes and ig.get_edgelist() == [tuple(x) for x in e.tolist()]
+    np.testing.assert_array_equal(ig.es["weight"], wt.astype(float))
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.01])  # bit-packed mask; CSR indices (fewer bytes when sparse)
+@pytest.mark.parametrize("values", [False, True])
+def test_packed_edges_round_trip(keep, values):
+    from topoprune.graph.edges import PackedEdges
+
+    w = torch.randn(37, 53, generator=torch.Generator().manual_seed(2))
+    g = bipartite_graph(w, GraphConfig(density=keep))
+    b = g.biadjacency
+    for mask in (None, edge_mask(w, GraphConfig(density=keep))):
+        p = PackedEdges.of(b, values, mask=mask)
+        assert (p.bits is None) == (keep < 0.03) and (p.data is not None) == values
+        assert p.nbytes < g.n_edges * 16  # less than the [E, 2] int64 edge array it replaces
+        back = p.csr()
+        np.testing.assert_array_equal(back.indptr, b.indptr)
+        np.testing.assert_array_equal(back.indices, b.indices)
+        np.testing.assert_array_equal(back.data, b.data if values else np.ones(b.nnz, np.float32))

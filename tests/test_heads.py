@@ -175,6 +175,21 @@ def test_folding_identical_bert_heads_keeps_output():
     assert torch.allclose(before, after, atol=1e-5)
 
 
+def test_without_folding_the_removed_heads_are_only_zeroed():
+    torch.manual_seed(1)
+    hd, d = 4, 16
+    q, k, v, o = (torch.randn(16, d) for _ in range(4))
+    o_before = o.clone()
+    dec = HeadPruningDecision("l", 0, 4, kept=(1, 2, 3), replaced_by={0: 1})
+    mask = apply_head_mask(q, k, v, o, dec, head_dim=hd, fold=False)
+    assert mask.tolist() == [False, True, True, True]
+    assert (o[:, :hd] == 0).all() and torch.equal(o[:, hd:], o_before[:, hd:])  # the replacer's slice unchanged
+    assert (q[:hd] == 0).all() and (k[:hd] == 0).all() and (v[:hd] == 0).all()
+    q2, k2, v2, o2 = (t.clone() for t in (q, k, v, o_before))
+    apply_head_mask(q2, k2, v2, o2, dec, head_dim=hd)  # folded: the replacer's slice gains head 0's
+    assert torch.allclose(o2[:, hd:2 * hd], o_before[:, :hd] + o_before[:, hd:2 * hd])
+
+
 def test_folding_identical_llama_gqa_heads_keeps_output():
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding

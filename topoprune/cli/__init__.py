@@ -238,6 +238,8 @@ def compare(a, b, out, as_json, **opts):
               show_default=True,
               help="When redundant heads are pruned: at epoch ends (paper), every --head-every steps, or never.")
 @click.option("--head-every", type=int, default=None, help="Steps between head pruning with --head-pruning steps.")
+@click.option("--head-fold/--no-head-fold", default=default(NeuroPruneConfig, "head_fold"), show_default=True,
+              help="Fold a removed head's output projection into its replacer's (the paper), or only zero it.")
 @click.option("--epochs", type=float, default=default(TrainConfig, "epochs"), show_default=True)
 @click.option("--max-steps", type=int, default=default(TrainConfig, "max_steps"), show_default=True,
               help="Overrides --epochs when > 0.")
@@ -266,15 +268,16 @@ def compare(a, b, out, as_json, **opts):
               help="Continue OUT from its newest complete checkpoint (same settings; only the step budget may change).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT (or discard an interrupted run's checkpoints).")
 def train(model, data, method, target, neuron_target, head_target, schedule, frequency, mlp_weight, attn_weight,
-          penalty_form, eps, theta, head_pruning, head_every, epochs, max_steps, batch_size, lr, max_length, n_train,
-          n_eval, seed, topology_every, topology_background, save_steps, teacher, distill_weight, distill_temperature,
+          penalty_form, eps, theta, head_pruning, head_every, head_fold, epochs, max_steps, batch_size, lr, max_length,
+          n_train, n_eval, seed, topology_every, topology_background, save_steps, teacher, distill_weight, distill_temperature,
           report_to, out, resume, overwrite):
     """Sparse training with NeuroPrune (or a baseline) and topology tracking."""
     from ..train.run import leave_process_group
     from ..train.run import train as run_train
 
     neuroprune = dict(method=method, mlp_weight=mlp_weight, attn_weight=attn_weight, penalty_form=penalty_form,
-                      eps=eps, theta=theta, head_pruning=head_pruning, head_every_steps=head_every, target=target,
+                      eps=eps, theta=theta, head_pruning=head_pruning, head_every_steps=head_every,
+                      head_fold=head_fold, target=target,
                       neuron_target=neuron_target, head_target=head_target, schedule=schedule,
                       frequency=frequency, seed=seed)  # a dict: TrainConfig ends target mode after its schedule_fraction
     cfg = TrainConfig(model=model, data=data, out=str(out), epochs=epochs, max_steps=max_steps, batch_size=batch_size,

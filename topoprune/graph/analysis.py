@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import Executor, Future
 
 import numpy as np
@@ -34,14 +34,16 @@ from ..errors import CheckpointError, TensorError
 from .fits import fit_degrees
 from .binding import canonical
 from .bipartite import BipartiteGraph, LayeredGraph, attention_graph, from_mask, mlp_graph, select_edges, stack
+from .edges import PackedEdges
 from .guards import analysis_bytes, check_memory
 from .loading import open_checkpoint
-from .metrics import degree_stats, edge_modularity
+from .metrics import degree_stats, modularity
 from .report import COLUMNS, Report
 from .roles import ROLES, MatrixSpec, describe
+from .workers import Bounded as _Bounded
 from .workers import Inline as _Inline
 from .workers import executor as _executor
-from .workers import n_workers, stop  # noqa: F401  (n_workers: part of this module's interface)
+from .workers import n_workers, stop  # n_workers: also part of this module's interface
 from .workers import worker_init as _one_thread  # noqa: F401  (the workers' initializer)
 
 log = logging.getLogger(__name__)
@@ -77,14 +79,20 @@ def _matrix(tensor: torch.Tensor, spec: MatrixSpec) -> torch.Tensor:
     return w
 
 
-def _heavy_metrics(in_deg, out_deg, n_nodes, edges, weights, config: AnalysisConfig) -> dict:
-    """Power-law fits and modularity of one matrix: the costly part, run in a worker."""
+def _heavy_metrics(in_deg, out_deg, graph, config: AnalysisConfig) -> dict:
+    """Power-law fits and modularity of one matrix: the costly part, run in a worker.
+
+    ``graph`` (for modularity only) is the matrix's :class:`BipartiteGraph`, or in a worker process
+    its :class:`~topoprune.graph.edges.PackedEdges`.
+    """
     out: dict = {}
     if config.fits:
         out.update(fit_degrees(in_deg, config.fit).as_dict("in_"))
         out.update(fit_degrees(out_deg, config.fit).as_dict("out_"))
     if config.matrix_modularity:
-        com = edge_modularity(n_nodes, edges, weights if config.modularity.weighted else None, config.modularity)
+        if isinstance(graph, PackedEdges):
+            graph = BipartiteGraph(graph.csr())
+        com = modularity(graph, config.modularity)
         out.update(modularity=com.modularity, n_communities=com.n_communities)
     return out
 
@@ -96,8 +104,7 @@ def _layered_metrics(lg: LayeredGraph, key: dict, config: AnalysisConfig) -> dic
     if len(lg.layers) == 3:  # a block graph: the middle (heads / hidden) layer's degrees
         row.update(degree_stats(deg[lg.offsets[1]:lg.offsets[2]], lg.layers[0][1] + lg.layers[2][1],
                                 prefix="hidden_"))
-    edges, w = lg.edge_arrays()
-    com = edge_modularity(lg.n_nodes, edges, w if config.modularity.weighted else None, config.modularity)
+    com = modularity(lg, config.modularity)
     row.update(modularity=com.modularity, n_communities=com.n_communities)
     return row
 
@@ -107,7 +114,9 @@ def matrix_row(w: torch.Tensor, spec: MatrixSpec, config: AnalysisConfig, execut
     """Metrics of one oriented matrix ``w`` ([out, in]) as a report row, and its graph.
 
     The cheap part (edges, degree statistics) is computed here; fits and modularity are
-    submitted to ``executor`` and returned as a future of a dict to merge into the row.
+    submitted to ``executor`` and returned as a future of a dict to merge into the row. A process
+    pool receives the degrees and, for modularity, the graph packed (:class:`PackedEdges`), never an
+    edge list; :class:`~topoprune.graph.workers.Inline` (``n_jobs=1``) the graph itself.
     """
     row = {c: np.nan for c in COLUMNS}
     row.update(name=spec.name, tensor=spec.tensor, role=spec.role, component=spec.component, block=spec.block,
@@ -133,12 +142,15 @@ def matrix_row(w: torch.Tensor, spec: MatrixSpec, config: AnalysisConfig, execut
     in_deg, out_deg = g.in_degree(), g.out_degree()
     row.update(degree_stats(in_deg, g.n_in, g.in_strength(), prefix="in_"))
     row.update(degree_stats(out_deg, g.n_out, g.out_strength(), prefix="out_"))
-    fut = None
+    fut, executor = None, executor or _Inline()
     if config.fits or config.matrix_modularity:
-        edges = g.edge_list() if config.matrix_modularity else None
-        weights = g.biadjacency.tocoo().data if config.matrix_modularity and config.modularity.weighted else None
-        fut = (executor or _Inline()).submit(_heavy_metrics, in_deg, out_deg, g.n_in + g.n_out, edges, weights,
-                                             config)
+        graph = None
+        if config.matrix_modularity:
+            graph = g if isinstance(executor, _Inline) else PackedEdges.of(
+                g.biadjacency, config.modularity.weighted, mask=sel.mask)
+        del sel  # the dense mask is not needed while the metrics run (inline: here, now)
+        fut = executor.submit(_heavy_metrics, in_deg, out_deg, graph, config)
+        del graph
     return row, g, fut
 
 
@@ -279,45 +291,70 @@ def analyze_report(source, density: float | None = None, *, threshold: float | N
 def _analyze_local(ckpt, order, by_tensor, config: AnalysisConfig, bar):
     """The tensors ``order`` read here one at a time, fits and modularity in the local pool.
 
+    Memory: a matrix's graph is dropped once its row and task are made, unless block or model
+    modularity needs it; a block's layered graphs are built and submitted as soon as its last matrix
+    is read, and the matrices' graphs then dropped (kept as block graphs for the whole-model graph).
+    At most two tasks per worker wait at a time (:class:`~topoprune.graph.workers.Bounded`).
+
     Returns ``(rows, degrees, patterns, layered)`` (see :func:`analyze_report`).
     """
     rows, futures, keep, layered, patterns, degrees = [], [], defaultdict(dict), [], {}, {}
+    layers = config.block_modularity or config.model_modularity
+    remaining = Counter((s.side, s.block) for t in order for s in by_tensor[t] if s.block >= 0)
+    built: dict = {}
     limits = threadpool_limits(1)  # idle BLAS threads spinning here would starve the workers
     executor, done = _Inline(), False
     try:
-        executor = _executor(config.n_jobs, sum(len(v) for v in by_tensor.values()))
+        n_tasks = sum(len(v) for v in by_tensor.values())
+        executor = _executor(config.n_jobs, n_tasks)
+        bound = 2 * n_workers(config.n_jobs, n_tasks)  # a running and a waiting task per worker
+        pool = executor if isinstance(executor, _Inline) else _Bounded(executor, bound)
         for tensor_name in order:
             tensor = ckpt.load(tensor_name)
             for spec in by_tensor[tensor_name]:
                 bar.set_postfix_str(spec.name[-40:], refresh=False)
-                row, g, fut = matrix_row(_matrix(tensor, spec), spec, config, executor, patterns)
+                row, g, fut = matrix_row(_matrix(tensor, spec), spec, config, pool, patterns)
                 rows.append(row)
                 futures.append(fut)
                 if g is not None and g.n_edges:
                     degrees[spec.name] = (g.in_degree().astype(np.int32), g.out_degree().astype(np.int32))
-                if (config.block_modularity or config.model_modularity) and g is not None and spec.block >= 0:
-                    keep[(spec.side, spec.block)][spec.role] = (g, spec)
+                if layers and spec.block >= 0:
+                    key = (spec.side, spec.block)
+                    if g is not None:
+                        keep[key][spec.role] = (g, spec)
+                    remaining[key] -= 1
+                    if not remaining[key] and key in keep:
+                        _submit_block(key, keep.pop(key), built, layered, pool, config)
+                g = fut = None
                 bar.update(1)
             del tensor
         _check_threshold(rows, config)
-        built = {key: _block_graphs(graphs) for key, graphs in sorted(keep.items())}
-        keep.clear()
-        for (side, block), graphs in built.items():
-            for component, lg in graphs:
-                key = {"side": side, "block": block, "component": component}
-                layered.append(executor.submit(_layered_metrics, lg, key, config))
         if config.model_modularity:
-            for key, lg in _model_graphs(built):
-                layered.append(executor.submit(_layered_metrics, lg, key, config))
+            for key, lg in _model_graphs(dict(sorted(built.items()))):
+                layered.append(((1, key["side"]), pool.submit(_layered_metrics, lg, key, config)))
+        built.clear()
         for row, fut in zip(rows, futures):
             if fut is not None:
                 row.update(fut.result())
-        layered = [f.result() for f in layered]
+        futures.clear()
+        layered = [f.result() for _, f in sorted(layered, key=lambda x: x[0])]
         done = True
     finally:
         stop(executor, kill=not done)  # after an error or an interrupt: end the workers, wait for nothing
         limits.restore_original_limits()
     return rows, degrees, patterns, layered
+
+
+def _submit_block(key, graphs: dict, built: dict, layered: list, pool, config: AnalysisConfig) -> None:
+    """Submit the layered-graph rows of block ``key`` (``(side, block)``) from its matrices' ``graphs``;
+    keep the block graphs in ``built`` for the whole-model graph only when that is measured."""
+    block_graphs = _block_graphs(graphs)
+    graphs.clear()
+    if config.model_modularity:
+        built[key] = block_graphs
+    for i, (component, lg) in enumerate(block_graphs):
+        row_key = {"side": key[0], "block": key[1], "component": component}
+        layered.append(((0, key, i), pool.submit(_layered_metrics, lg, row_key, config)))
 
 
 def _check_memory(ckpt, names) -> None:

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 import torch
 
 from .config import GraphConfig
+from .edges import igraph_from_csr, igraph_from_edges  # noqa: F401  (igraph_from_edges: imported from here too)
 from ..errors import TensorError
 
 
@@ -237,9 +238,7 @@ class BipartiteGraph:
 
     def to_igraph(self, weighted: bool = False):
         """An undirected ``igraph.Graph``; vertex attribute ``part`` is 0 (input) / 1 (output)."""
-        coo = self.biadjacency.tocoo()
-        edges = np.column_stack([coo.col, coo.row + self.n_in])
-        g = igraph_from_edges(self.n_in + self.n_out, edges, coo.data if weighted else None)
+        g = igraph_from_csr(self.n_in + self.n_out, [(0, self.n_in, self.biadjacency)], weighted)
         g.vs["part"] = [0] * self.n_in + [1] * self.n_out
         return g
 
@@ -256,17 +255,6 @@ class BipartiteGraph:
         else:
             g.add_edges_from(zip(coo.col.tolist(), (coo.row + self.n_in).tolist()))
         return g
-
-
-def igraph_from_edges(n: int, edges: np.ndarray, weights=None):
-    """Undirected ``igraph.Graph`` on ``n`` nodes from an ``[E, 2]`` edge array (optional weights)."""
-    import igraph as ig
-
-    # igraph converts a list of Python int pairs ~3x faster than an ndarray.
-    g = ig.Graph(n=n, edges=list(zip(edges[:, 0].tolist(), edges[:, 1].tolist())))
-    if weights is not None:
-        g.es["weight"] = np.asarray(weights, dtype=float).tolist()
-    return g
 
 
 def bipartite_graph(weight, config: GraphConfig | None = None, *, name: str = "") -> BipartiteGraph:
@@ -333,9 +321,13 @@ class LayeredGraph:
         """Layer index of every node."""
         return np.repeat(np.arange(len(self.layers)), [n for _, n in self.layers])
 
+    def blocks(self) -> list[tuple[int, int, sp.csr_array]]:
+        """``(src_offset, dst_offset, B)`` of every biadjacency block, over global node ids."""
+        off = self.offsets
+        return [(int(off[src]), int(off[dst]), b) for src, dst, b in self.edges]
+
     def to_igraph(self, weighted: bool = False):
-        edges, w = self.edge_arrays()
-        g = igraph_from_edges(self.n_nodes, edges, w if weighted else None)
+        g = igraph_from_csr(self.n_nodes, self.blocks(), weighted)
         g.vs["layer"] = self.layer_of().tolist()
         return g
 

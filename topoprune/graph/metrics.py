@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import ModularityConfig
-from .bipartite import igraph_from_edges
+from .edges import igraph_from_edges
 
 
 def gini(x) -> float:

@@ -5,6 +5,8 @@
 * :func:`worker_init` runs in every worker: one BLAS/OpenMP thread, Ctrl-C left to the parent,
   and the worker ends when its parent does (``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux, a
   thread watching the parent's pid elsewhere), so a killed ``topoprune`` leaves no orphans.
+* :class:`Bounded` lets only a few tasks wait for a worker at a time, so the arguments of tasks
+  submitted faster than the workers finish them do not pile up in the parent.
 * :func:`stop` shuts an executor down: waiting for it after success, terminating its processes
   at once after an error or an interrupt (a long Leiden run is not waited for).
 * :func:`deferred_signals` holds Ctrl-C and SIGTERM back while worker processes start (those of
@@ -37,6 +39,28 @@ class Inline(Executor):
         fut: Future = Future()
         fut.set_result(fn(*args, **kwargs))
         return fut
+
+
+class Bounded(Executor):
+    """``executor`` with at most ``limit`` tasks submitted and not yet finished: :meth:`submit` waits
+    for a free slot. A queued task's arguments live in the parent until a worker takes it; without a
+    bound, reading matrices faster than the workers cluster them kept every queued graph there."""
+
+    def __init__(self, executor: Executor, limit: int):
+        self.executor, self._slots = executor, threading.Semaphore(max(1, limit))
+
+    def submit(self, fn, /, *args, **kwargs):
+        self._slots.acquire()
+        try:
+            fut = self.executor.submit(fn, *args, **kwargs)
+        except BaseException:
+            self._slots.release()
+            raise
+        fut.add_done_callback(lambda _: self._slots.release())
+        return fut
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        self.executor.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
 def cpu_count() -> int:

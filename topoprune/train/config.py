@@ -77,6 +77,9 @@ class NeuroPruneConfig:
         ``head_every_steps`` (>= 1) optimiser steps, or never.
     head_include_bias : bool
         Q/K/V biases enter the head distance (the paper is silent; default weights only).
+    head_fold : bool
+        A removed head's W_O slice is added to its replacer's (the paper; default), or only
+        zeroed (:func:`~topoprune.train.heads.apply_head_mask`).
     target : float or None
         Sparsity in [0, 1) of the ``roles`` matrices at step ``end`` (target mode); None: paper mode.
     neuron_target, head_target : float or None
@@ -114,6 +117,7 @@ class NeuroPruneConfig:
     head_pruning: str = "epoch"
     head_every_steps: int | None = None
     head_include_bias: bool = False
+    head_fold: bool = True
     target: float | None = None
     neuron_target: float | None = None
     head_target: float | None = None

@@ -73,12 +73,9 @@ def head_params(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int,
         attention query head ``h`` reads kv head ``h // (n_heads // n_kv_heads)``, so its
         :math:`P_h` holds that group's K/V slice: heads of one group then differ only in
         Q, which is what makes them interchangeable or not.
-    include_bias : bool
-        Append the Q/K/V bias entries of the head (the paper does not say whether biases
-        enter the distance; the default is weights only).
-    biases : (bq, bk, bv) or None
-        Bias vectors (``None`` entries for projections without a bias). Required when
-        ``include_bias``.
+    include_bias, biases : bool, (bq, bk, bv) or None
+        Append the head's Q/K/V bias entries (the paper is silent; default weights only);
+        ``biases`` (``None`` entries for projections without one) is required then.
 
     Returns
     -------
@@ -109,17 +106,9 @@ def head_params(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int,
 def similarity_graph(params: torch.Tensor, theta: float = THETA) -> torch.Tensor:
     r"""Head-similarity adjacency :math:`S_{hg} = [\lVert P_h - P_g \rVert_\infty \le \theta]`.
 
-    Parameters
-    ----------
-    params : torch.Tensor, shape [k, P]
-        One row per head (:func:`head_params`).
-    theta : float
-        Largest element-wise difference for two heads to be similar (paper default 0.15).
-
-    Returns
-    -------
-    torch.BoolTensor, shape [k, k]
-        Symmetric, with a unit diagonal (closed neighbourhoods).
+    ``params`` [k, P]: one row per head (:func:`head_params`); ``theta``: the largest
+    element-wise difference of two similar heads (paper default 0.15). Returns the symmetric
+    ``[k, k]`` BoolTensor with a unit diagonal (closed neighbourhoods).
     """
     _check_theta(theta)
     if params.ndim != 2:
@@ -330,7 +319,7 @@ def prune_layer_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torc
 
 def apply_head_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                     decision: HeadPruningDecision, *, head_dim: int, n_kv_heads: int | None = None,
-                    biases: Sequence | None = None) -> torch.Tensor:
+                    biases: Sequence | None = None, fold: bool = True) -> torch.Tensor:
     """Carry out ``decision`` in place: fold W_O, zero the removed heads' Q/K/V rows and biases.
 
     Runs under ``torch.no_grad()``. Q rows (and bias entries) of every head not in
@@ -350,6 +339,9 @@ def apply_head_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.
     n_kv_heads : int or None
     biases : (bq, bk, bv) or None
         Bias vectors to zero alongside (``None`` entries skipped).
+    fold : bool
+        Fold removed heads' W_O columns into their replacers' (the paper), else only zero them;
+        folding is exact only for identical heads.
 
     Returns
     -------
@@ -367,8 +359,11 @@ def apply_head_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.
     row_q = mask.repeat_interleave(head_dim)      # [H * hd]
     row_kv = kv_mask.repeat_interleave(head_dim)  # [kv * hd]
     with torch.no_grad():
-        new_o, _ = fold_heads(o, decision.rep(), head_dim)
-        o.copy_(new_o)
+        if fold:
+            new_o, _ = fold_heads(o, decision.rep(), head_dim)
+            o.copy_(new_o)
+        else:
+            o[:, ~row_q] = 0
         q[~row_q] = 0
         k[~row_kv] = 0
         v[~row_kv] = 0
@@ -393,7 +388,7 @@ def layer_tensors(binding, layer) -> tuple[list[torch.Tensor], list[torch.Tensor
 
 
 def prune_model_heads(binding, masks, layers, removed: dict, *, theta: float = THETA,
-                      include_bias: bool = False) -> list[HeadPruningDecision]:
+                      include_bias: bool = False, fold: bool = True) -> list[HeadPruningDecision]:
     """ELIM_REDUNDANT on the attention ``layers`` of a bound model: decide, fold, write back, mask.
 
     :func:`prune_layer_heads` decides each layer (heads in ``removed[layer.key]`` are left out
@@ -413,6 +408,8 @@ def prune_model_heads(binding, masks, layers, removed: dict, *, theta: float = T
         Heads already removed per layer key; updated in place.
     theta, include_bias
         As for :func:`prune_layer_heads`.
+    fold : bool
+        As for :func:`apply_head_mask`.
 
     Returns
     -------
@@ -433,7 +430,8 @@ def prune_model_heads(binding, masks, layers, removed: dict, *, theta: float = T
         if not d.replaced_by:
             continue
         (q, k, v, o), biases = layer_tensors(binding, la)
-        kept = apply_head_mask(q, k, v, o, d, head_dim=la.head_dim, n_kv_heads=la.n_kv_heads, biases=biases)
+        kept = apply_head_mask(q, k, v, o, d, head_dim=la.head_dim, n_kv_heads=la.n_kv_heads, biases=biases,
+                               fold=fold)
         for s, new in zip((la.q, la.k, la.v, la.o), (q, k, v, o)):
             binding.write(s, new)
         rows_q = kept.repeat_interleave(la.head_dim)  # [H * hd]

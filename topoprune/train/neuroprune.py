@@ -280,7 +280,7 @@ class NeuroPrune:
         """
         cfg = self.config
         out = prune_model_heads(self.binding, self.masks, self._layers, self._removed, theta=cfg.theta,
-                                include_bias=cfg.head_include_bias)
+                                include_bias=cfg.head_include_bias, fold=cfg.head_fold)
         self.head_decisions.extend(out)
         self.masks.broadcast(0)
         self.masks.apply_to_weights(self.model)
