@@ -19,15 +19,18 @@ What is measured, on whatever machine runs it:
    Louvain and ``modularity`` use ``weight=None``: topoprune's default modularity is that of
    the binary graph (``ModularityConfig.weighted=False``), so that is the quantity compared.
 4. Peak RSS while a separate Python process analyses a generated >= 2 GB LLaMA-like sharded
-   safetensors checkpoint (``fits=True, matrix_modularity=False``; modularity of graphs with
-   ~1e6 edges takes minutes and is left out), with ``n_jobs=1`` and ``n_jobs=-1``
-   (``ru_maxrss`` of ``RUSAGE_SELF`` and ``RUSAGE_CHILDREN`` inside that process, plus the
-   split into anonymous and file-backed pages sampled from ``/proc/self/status``). A second
+   safetensors checkpoint: degrees + fits (``matrix_modularity=False``) and the full report
+   (``matrix_modularity=True``, Leiden modularity of every matrix, ~1e6 edges each: minutes), each
+   with ``n_jobs=1`` and ``n_jobs=-1`` (``ru_maxrss`` of ``RUSAGE_SELF`` -- the main process -- and
+   of ``RUSAGE_CHILDREN`` -- the largest worker -- inside that process, plus the split into
+   anonymous and file-backed pages sampled from ``/proc/self/status``), against the bound
+   3 x the largest analysed tensor + 0.6 GB. ``--memory-only`` runs just this part. A second
    measurement rewrites one shard's header so that its length starts with byte 0x80, the mark
    that begins a pickle (see ``topoprune.graph.loading._sniff``): such a shard must still be
    streamed as safetensors, with the same peak memory.
 
-Results go to ``analysis/results/bench_analysis.json``; a markdown table is printed.
+Results go to ``analysis/results/bench_analysis.json`` (``--memory-only``:
+``bench_analysis_memory.json``); a markdown table is printed.
 """
 from __future__ import annotations
 
@@ -43,17 +46,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from llama_checkpoint import generate_llama, set_header_length, sniff_shards  # noqa: E402  (analysis/)
+from llama_checkpoint import LLAMA, generate_llama, rss_child, set_header_length, sniff_shards  # noqa: E402
 
-# Everything heavy is imported inside functions: the --rss-child process must import only
-# topoprune, so that its peak RSS is topoprune's.
+# Everything heavy is imported inside functions: the --rss-child process (``llama_checkpoint.rss_child``)
+# must import only topoprune, so that its peak RSS is topoprune's.
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "analysis" / "results" / "bench_analysis.json"
+MEMORY_OUT = ROOT / "analysis" / "results" / "bench_analysis_memory.json"
 GB = 1e9  # decimal gigabytes throughout
 
 RSS_SLACK = 0.6 * GB
-
 
 
 def _env() -> None:
@@ -198,58 +201,12 @@ from nx_baseline import compare_with_networkx, networkx_pipeline  # noqa: E402  
 # 4. Peak RSS on a generated >= 2 GB checkpoint
 # ---------------------------------------------------------------------------------------------
 
-def rss_child(path: str, n_jobs: int) -> None:
-    """Runs in the measured subprocess: analyse ``path``, then print one JSON line."""
-    import resource
-    import threading
-
-    t_import = time.perf_counter()
-    import topoprune
-
-    t_import = time.perf_counter() - t_import
-    after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    peak = dict(total=0, anon=0, file=0, max_anon=0, max_file=0)
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            anon = file = 0
-            with open("/proc/self/status") as fh:
-                for line in fh:
-                    if line.startswith("RssAnon:"):
-                        anon = int(line.split()[1]) * 1024
-                    elif line.startswith("RssFile:"):
-                        file = int(line.split()[1]) * 1024
-            if anon + file > peak["total"]:
-                peak.update(total=anon + file, anon=anon, file=file)
-            peak["max_anon"] = max(peak["max_anon"], anon)
-            peak["max_file"] = max(peak["max_file"], file)
-            stop.wait(0.02)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    t0 = time.perf_counter()
-    df = topoprune.analyze(path, density=0.1, fits=True, matrix_modularity=False, n_jobs=n_jobs)
-    wall = time.perf_counter() - t0
-    stop.set()
-    th.join()
-    with open("/proc/self/status") as fh:
-        hwm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
-    print(json.dumps(dict(
-        n_jobs=n_jobs, n_matrices=len(df), statuses=df["status"].value_counts().to_dict(), wall_s=wall,
-        import_s=t_import, rss_after_import=after_import,
-        maxrss_self=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        maxrss_children=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, vm_hwm=hwm,
-        sampled_peak_total=peak["total"], sampled_peak_anon=peak["anon"], sampled_peak_file=peak["file"],
-        sampled_max_anon=peak["max_anon"], sampled_max_file=peak["max_file"],
-    )))
-
-
-def run_rss_child(path: Path, n_jobs: int) -> dict:
+def run_rss_child(path: Path, n_jobs: int, modularity: bool = False) -> dict:
     # Linux keeps ru_maxrss across exec: a child exec'd straight from this (large) process would
     # report this process's peak. A shell that forks before exec gives it a fresh count.
     cmd = ["/bin/sh", "-c", '"$@"; exit $?', "sh",
-           sys.executable, str(Path(__file__).resolve()), "--rss-child", str(path), str(n_jobs)]
+           sys.executable, str(Path(__file__).resolve()), "--rss-child", str(path), str(n_jobs),
+           str(int(modularity))]
     with CpuMeter() as meter:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
     if proc.returncode != 0:
@@ -259,12 +216,12 @@ def run_rss_child(path: Path, n_jobs: int) -> dict:
     return out
 
 
-def rss_benchmark(bug_demo: bool = True) -> dict:
+def rss_benchmark(bug_demo: bool = True, blocks: int | None = None) -> dict:
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="topoprune-bench-llama-", dir="/tmp"))
     try:
         t0 = time.perf_counter()
-        info = generate_llama(tmp)
+        info = generate_llama(tmp, dict(LLAMA, layers=blocks or LLAMA["layers"]))
         info["generate_s"] = time.perf_counter() - t0
         print(f"  generated {info['total_bytes'] / GB:.2f} GB in {info['n_shards']} shards "
               f"({info['generate_s']:.1f} s)", flush=True)
@@ -276,12 +233,14 @@ def rss_benchmark(bug_demo: bool = True) -> dict:
         target = 3 * info["largest_analysed_bytes"] + RSS_SLACK
         info["target_bytes"] = target
         runs = {}
-        for n_jobs in (1, -1):
-            r = run_rss_child(tmp, n_jobs)
-            runs[f"njobs{n_jobs}"] = r
-            print(f"  RSS n_jobs={n_jobs:2d}: self {r['maxrss_self'] / GB:.2f} GB, children "
-                  f"{r['maxrss_children'] / GB:.2f} GB (anon {r['sampled_peak_anon'] / GB:.2f} + file "
-                  f"{r['sampled_peak_file'] / GB:.2f} at peak), {r['wall_s']:.1f} s", flush=True)
+        for modularity in (False, True):
+            for n_jobs in (1, -1):
+                r = run_rss_child(tmp, n_jobs, modularity)
+                runs[f"{'report' if modularity else 'fits'}_njobs{n_jobs}"] = r
+                print(f"  RSS {'full report' if modularity else 'degrees + fits'}, n_jobs={n_jobs:2d}: main "
+                      f"{r['maxrss_self'] / GB:.2f} GB (anon {r['sampled_peak_anon'] / GB:.2f} + file "
+                      f"{r['sampled_peak_file'] / GB:.2f} at peak), largest worker {r['maxrss_children'] / GB:.2f}"
+                      f" GB, {r['wall_s']:.1f} s", flush=True)
         info["runs"] = runs
         if bug_demo:
             # Rewrite the last (smallest) shard's header so that its length starts with byte 0x80,
@@ -334,19 +293,35 @@ def make_rows(res: dict) -> list[tuple[str, str]]:
                      f"{c['max_abs_dq']:.4f}"))
     rss = res.get("rss")
     if rss:
-        bound = f" (3 × largest tensor + 0.6 GB = {rss['target_bytes'] / GB:.2f} GB)"
-        for nj in (1, -1):
-            r = rss["runs"][f"njobs{nj}"]
-            rows.append((f"peak RSS, {rss['total_bytes'] / GB:.2f} GB checkpoint, n_jobs={nj}, main process",
-                         f"{r['maxrss_self'] / GB:.2f} GB" + (bound if nj == 1 else "")))
-            if nj == -1:
-                rows.append(("  … largest worker process (RUSAGE_CHILDREN)", f"{r['maxrss_children'] / GB:.2f} GB"))
+        bound = f"3 × largest tensor + 0.6 GB = {rss['target_bytes'] / GB:.2f} GB"
+        for label, nj, main, worker, within in memory_rows(rss):
+            rows.append((f"peak RSS, {rss['total_bytes'] / GB:.2f} GB checkpoint, {label}, n_jobs={nj}",
+                         f"main {main}, largest worker {worker} ({within} {bound})"))
         demo = rss.get("misdetected_shard_demo")
         if demo:
             r = demo["run_njobs1"]
             rows.append(("peak RSS, same checkpoint, one shard's header length starting with byte 0x80, n_jobs=1",
                          f"{r['maxrss_self'] / GB:.2f} GB"))
     return rows
+
+
+def memory_rows(rss: dict) -> list[tuple]:
+    """``(analysis, n_jobs, main process, largest worker, "within"/"above" the bound)`` per memory run."""
+    out = []
+    for key, label in (("fits", "degrees + power-law fits"), ("report", "full report (+ Leiden modularity)")):
+        for nj in (1, -1):
+            r = rss["runs"][f"{key}_njobs{nj}"]
+            kids = r["maxrss_children"]
+            out.append((label, nj, f"{r['maxrss_self'] / GB:.2f} GB", f"{kids / GB:.2f} GB" if kids else "-",
+                        "within" if max(r["maxrss_self"], kids) <= rss["target_bytes"] else "above"))
+    return out
+
+
+def memory_table(rss: dict) -> str:
+    head = (f"| {rss['total_bytes'] / GB:.2f} GB checkpoint | n_jobs | main process | largest worker | ≤ 3 × "
+            f"{rss['largest_analysed_bytes'] / 1e6:.1f} MB + 0.6 GB = {rss['target_bytes'] / GB:.2f} GB |")
+    rows = ["| " + " | ".join(map(str, r)) + " |" for r in memory_rows(rss)]
+    return "\n".join([head, "|---|---|---|---|---|", *rows])
 
 
 def markdown_table(rows) -> str:
@@ -379,12 +354,17 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-rss", action="store_true", help="leave out the >= 2 GB peak-RSS measurement")
     ap.add_argument("--no-bug-demo", action="store_true",
                     help="leave out the peak-RSS run with a shard whose header length starts with byte 0x80")
-    ap.add_argument("--rss-child", nargs=2, metavar=("PATH", "N_JOBS"), help=argparse.SUPPRESS)
+    ap.add_argument("--memory-only", action="store_true",
+                    help=f"only the peak-RSS measurement (results to {MEMORY_OUT.name} unless --out is given)")
+    ap.add_argument("--blocks", type=int, default=None, help="blocks of the generated LLaMA-like checkpoint (10)")
+    ap.add_argument("--rss-child", nargs=3, metavar=("PATH", "N_JOBS", "MODULARITY"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     _env()
     if args.rss_child:
-        rss_child(args.rss_child[0], int(args.rss_child[1]))
+        rss_child(args.rss_child[0], int(args.rss_child[1]), bool(int(args.rss_child[2])))
         return 0
+    if args.memory_only:
+        return memory_main(args)
 
     t_all = time.perf_counter()
     res: dict = {"quick": args.quick, "machine": machine_info(), "loadavg_start": os.getloadavg()}
@@ -423,7 +403,7 @@ def main(argv=None) -> int:
             )
     if not args.skip_rss:
         print("peak-RSS benchmark on a generated LLaMA-like checkpoint ...", flush=True)
-        res["rss"] = rss_benchmark(bug_demo=not args.no_bug_demo)
+        res["rss"] = rss_benchmark(bug_demo=not args.no_bug_demo, blocks=args.blocks)
     res["total_s"] = time.perf_counter() - t_all
     res["loadavg_end"] = os.getloadavg()
     rows = make_rows(res)
@@ -437,7 +417,24 @@ def main(argv=None) -> int:
     if "networkx" in res:
         busy["networkx"] = round(res["networkx"]["foreign_cpus"], 2)
     print(f"CPUs kept busy by other processes during each timed block (of {m['nproc']}): {busy}")
+    if "rss" in res:
+        print("\n" + memory_table(res["rss"]))
     print(f"total {res['total_s']:.0f} s; results in {args.out}")
+    return 0
+
+
+def memory_main(args) -> int:
+    """``--memory-only``: the peak-RSS part alone, its own results file."""
+    out = MEMORY_OUT if args.out == DEFAULT_OUT else args.out
+    res: dict = {"machine": machine_info(), "loadavg_start": os.getloadavg()}
+    print("peak-RSS benchmark on a generated LLaMA-like checkpoint ...", flush=True)
+    res["rss"] = rss_benchmark(bug_demo=not args.no_bug_demo, blocks=args.blocks)
+    res["loadavg_end"] = os.getloadavg()
+    res["table"] = [dict(measurement=a, measured=b) for a, b in make_rows(res)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_jsonable(res), indent=2) + "\n")
+    print("\n" + memory_table(res["rss"]))
+    print(f"\n{markdown_table(make_rows(res))}\nresults in {out}")
     return 0
 
 

@@ -91,7 +91,8 @@ def time_gather(args) -> list[dict]:
             x = torch.randn(batch, tokens, d)
             full = [torch.nn.Linear(d, d) for _ in range(3)]
             for share in SHARES:
-                live = torch.arange(int(round(d * (1 - share))), d)
+                g = torch.Generator().manual_seed(0)
+                live = torch.randperm(d, generator=g)[: int(round(d * (1 - share)))].sort().values  # [live]
                 small = [torch.nn.Linear(len(live), d) for _ in range(3)]
 
                 def dense():

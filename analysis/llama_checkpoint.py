@@ -1,9 +1,11 @@
-"""Generated LLaMA-like sharded safetensors checkpoints for the memory benchmark, and header edits.
+"""Generated LLaMA-like sharded safetensors checkpoints for the memory benchmark, header edits, and
+the measured process.
 
 :func:`generate_llama` writes a random fp32 checkpoint (TinyLlama-1.1B widths by default), one
 shard in memory at a time; :func:`set_header_length` rewrites a shard's header padding so that its
 length does or does not start with the byte that marks a pickle; :func:`sniff_shards` reports how
-topoprune's loader classifies the shards.
+topoprune's loader classifies the shards; :func:`rss_child` is the body of the process whose peak
+memory ``bench_analysis.py`` measures (it imports nothing heavy but topoprune).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 import os
 import shutil
 import struct
+import time
 from pathlib import Path
 
 # LLaMA-like geometry for the memory test (TinyLlama-1.1B widths, 10 blocks, fp32).
@@ -116,3 +119,52 @@ def sniff_shards(directory: Path) -> dict:
     ckpt.close()
     del ckpt
     return dict(formats=formats, checkpoint_class=cls)
+
+
+def rss_child(path: str, n_jobs: int, modularity: bool) -> None:
+    """Runs in the measured subprocess: analyse ``path`` (density 0.1, power-law fits, Leiden
+    modularity of every matrix when ``modularity``), then print one JSON line: the peaks of this
+    process (``RUSAGE_SELF``) and of its largest worker (``RUSAGE_CHILDREN``)."""
+    import resource
+    import threading
+
+    t_import = time.perf_counter()
+    import topoprune
+
+    t_import = time.perf_counter() - t_import
+    after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = dict(total=0, anon=0, file=0, max_anon=0, max_file=0)
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            anon = file = 0
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("RssAnon:"):
+                        anon = int(line.split()[1]) * 1024
+                    elif line.startswith("RssFile:"):
+                        file = int(line.split()[1]) * 1024
+            if anon + file > peak["total"]:
+                peak.update(total=anon + file, anon=anon, file=file)
+            peak["max_anon"] = max(peak["max_anon"], anon)
+            peak["max_file"] = max(peak["max_file"], file)
+            stop.wait(0.02)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    t0 = time.perf_counter()
+    df = topoprune.analyze(path, density=0.1, fits=True, matrix_modularity=modularity, n_jobs=n_jobs)
+    wall = time.perf_counter() - t0
+    stop.set()
+    th.join()
+    with open("/proc/self/status") as fh:
+        hwm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+    print(json.dumps(dict(
+        n_jobs=n_jobs, modularity=modularity, n_matrices=len(df), statuses=df["status"].value_counts().to_dict(),
+        wall_s=wall, import_s=t_import, rss_after_import=after_import,
+        maxrss_self=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        maxrss_children=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, vm_hwm=hwm,
+        sampled_peak_total=peak["total"], sampled_peak_anon=peak["anon"], sampled_peak_file=peak["file"],
+        sampled_max_anon=peak["max_anon"], sampled_max_file=peak["max_file"],
+    )))

@@ -235,7 +235,8 @@ def test_ctrl_c_closes_the_local_cluster(tmp_path):
     "interrupted", no process left, nothing written."""
     g = torch.Generator().manual_seed(0)
     ckpt = tmp_path / "big.safetensors"
-    save_file({f"layers.{i}.mlp.fc1.weight": torch.randn(3072, 768, generator=g) for i in range(8)}, ckpt)
+    # several seconds of Leiden work for 2 workers, so that the interrupt arrives while they work
+    save_file({f"layers.{i}.mlp.fc1.weight": torch.randn(3072, 768, generator=g) for i in range(24)}, ckpt)
     out = tmp_path / "X"
     with open(tmp_path / "stderr.txt", "w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "topoprune.cli", "analyze", str(ckpt), "--scheduler", "local:2",
@@ -249,7 +250,7 @@ def test_ctrl_c_closes_the_local_cluster(tmp_path):
                     break
                 time.sleep(0.05)
             assert sum(p.ppid() != proc.pid for p in procs) >= 2, f"no workers started (exit {proc.poll()})"
-            time.sleep(0.5)
+            time.sleep(0.2)
             os.killpg(proc.pid, signal.SIGINT)
             assert proc.wait(60) == 130
             deadline = time.monotonic() + 10

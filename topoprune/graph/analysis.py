@@ -97,7 +97,17 @@ def _heavy_metrics(in_deg, out_deg, graph, config: AnalysisConfig) -> dict:
     return out
 
 
-def _layered_metrics(lg: LayeredGraph, key: dict, config: AnalysisConfig) -> dict:
+def _packed_layered(lg: LayeredGraph, pool, config: AnalysisConfig):
+    """``lg`` as a task for ``pool``: itself inline, else ``(layers, ((src, dst, PackedEdges), ...))``."""
+    if isinstance(pool, _Inline):
+        return lg
+    return lg.layers, tuple((s, d, PackedEdges.of(b, config.modularity.weighted)) for s, d, b in lg.edges)
+
+
+def _layered_metrics(lg, key: dict, config: AnalysisConfig) -> dict:
+    """Degrees and modularity of a block or whole-model graph ``lg`` (a LayeredGraph, or packed)."""
+    if not isinstance(lg, LayeredGraph):
+        lg = LayeredGraph(lg[0], tuple((s, d, p.csr()) for s, d, p in lg[1]))
     deg = lg.degree()
     row = dict(key, n_layers=len(lg.layers), n_nodes=lg.n_nodes, n_edges=lg.n_edges,
                mean_degree=float(deg.mean()) if deg.size else np.nan)
@@ -331,7 +341,9 @@ def _analyze_local(ckpt, order, by_tensor, config: AnalysisConfig, bar):
         _check_threshold(rows, config)
         if config.model_modularity:
             for key, lg in _model_graphs(dict(sorted(built.items()))):
-                layered.append(((1, key["side"]), pool.submit(_layered_metrics, lg, key, config)))
+                task = _packed_layered(lg, pool, config)
+                del lg
+                layered.append(((1, key["side"]), pool.submit(_layered_metrics, task, key, config)))
         built.clear()
         for row, fut in zip(rows, futures):
             if fut is not None:
@@ -354,7 +366,7 @@ def _submit_block(key, graphs: dict, built: dict, layered: list, pool, config: A
         built[key] = block_graphs
     for i, (component, lg) in enumerate(block_graphs):
         row_key = {"side": key[0], "block": key[1], "component": component}
-        layered.append(((0, key, i), pool.submit(_layered_metrics, lg, row_key, config)))
+        layered.append(((0, key, i), pool.submit(_layered_metrics, _packed_layered(lg, pool, config), row_key, config)))
 
 
 def _check_memory(ckpt, names) -> None:
