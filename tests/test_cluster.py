@@ -229,6 +229,11 @@ def test_bad_cluster_settings(kwargs, message):
         AnalysisConfig(**kwargs)
 
 
+def _default_sigint():
+    """Start the command as a shell would, with SIGINT at its default (not as ignored in the test process)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals and process groups as on Linux")
 def test_ctrl_c_closes_the_local_cluster(tmp_path):
     """Ctrl-C (SIGINT to the process group, workers included) while the cluster works: exit 130, one line
@@ -241,7 +246,7 @@ def test_ctrl_c_closes_the_local_cluster(tmp_path):
     with open(tmp_path / "stderr.txt", "w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "topoprune.cli", "analyze", str(ckpt), "--scheduler", "local:2",
                                  "--out", str(out)], stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_default_sigint)
         try:
             parent, deadline, procs = psutil.Process(proc.pid), time.monotonic() + 90, []
             while time.monotonic() < deadline and proc.poll() is None:
