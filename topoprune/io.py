@@ -290,3 +290,21 @@ def os_error_line(exc: OSError) -> str | None:
     where = exc.filename if exc.filename is not None else ""
     what = exc.strerror or short(exc)
     return f"{where}: {what}" if where else what
+
+
+def locked_by_other(staging: Path, name: str = ".lock") -> bool:
+    """True when another process holds the ``flock`` on ``staging/name`` (a run or analysis in progress)."""
+    lock = Path(staging) / name
+    if not lock.is_file():
+        return False
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return False
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False

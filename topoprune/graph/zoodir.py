@@ -28,7 +28,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError
-from ..io import OutputDir, atomic_path, check_out, short
+from ..io import OutputDir, atomic_path, check_out, locked_by_other, short
 
 log = logging.getLogger(__name__)
 
@@ -76,23 +76,6 @@ def _finished(home: Path) -> list[str]:
                   if not p.name.startswith(".") and p.is_dir() and (p / "report.json").is_file())
 
 
-def _locked_by_other(staging: Path) -> bool:
-    lock = staging / _LOCK
-    if not lock.is_file():
-        return False
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        return False
-    with open(lock, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
-
-
 class ZooDir:
     """Check, create, resume and finish the output directory of a many-checkpoint analysis.
 
@@ -126,7 +109,7 @@ class ZooDir:
         self._lock = None
         self._opened = False
         had_out = self.out.is_dir() and any(self.out.iterdir())
-        if self.staging.exists() and _locked_by_other(self.staging):
+        if self.staging.exists() and locked_by_other(self.staging, _LOCK):
             raise ConfigError(f"{self.raw}: another topoprune analyze is writing this output right now "
                               f"({self.staging})")
         if not resume:

@@ -31,7 +31,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError
-from ..io import MARKER, OutputDir, atomic_path, check_out, is_output, short
+from ..io import MARKER, OutputDir, atomic_path, check_out, is_output, locked_by_other, short
 
 log = logging.getLogger(__name__)
 
@@ -130,23 +130,6 @@ def _diff(stored: dict, requested: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _locked_by_other(staging: Path) -> bool:
-    lock = staging / ".lock"
-    if not lock.is_file():
-        return False
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        return False
-    with open(lock, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
-
-
 class RunDir:
     """Check, create, resume and finish the directory of one training run.
 
@@ -189,7 +172,7 @@ class RunDir:
         if rank != 0:  # rank 0 checks and prepares; the others follow it after a barrier (see follow())
             return
         interrupted = self.staging.exists()
-        if interrupted and _locked_by_other(self.staging):
+        if interrupted and locked_by_other(self.staging):
             raise ConfigError(f"{raw}: another topoprune train is writing this run right now ({self.staging})")
         if not resume:
             if interrupted and not overwrite:
