@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test install bench bench-train bench-oneshot bench-owl bench-compact bench-distill bench-gather bench-heads bench-topology figures clean
+.PHONY: demo test install bench bench-train bench-oneshot bench-owl bench-compact bench-distill bench-gather bench-heads bench-heads-train bench-frontier bench-separate bench-topology bench-scaling figures clean
 
 install: $(STAMP)
 
@@ -54,6 +54,19 @@ bench-heads: $(STAMP)
 bench-topology: $(STAMP)
 	$(PY) analysis/bench_topology.py --resume
 
+bench-heads-train: $(STAMP)
+	$(PY) analysis/bench_heads_train.py --resume
+
+bench-frontier: $(STAMP)
+	$(PY) analysis/frontier_paper_mode.py --resume
+
+bench-separate: $(STAMP)
+	$(PY) analysis/bench_separate.py --resume
+
+bench-scaling: $(STAMP)
+	$(PY) analysis/bench_scaling.py --resume
+	$(PY) analysis/bench_scaling.py --compare-cluster --resume
+
 figures: $(STAMP)
 	$(PY) analysis/make_figures.py
 	$(PY) analysis/bench_neuroprune.py --plot-only
@@ -61,6 +74,7 @@ figures: $(STAMP)
 	$(PY) analysis/fig_ccdf_training.py --plot-only
 	$(PY) analysis/bench_distill.py --plot-only
 	$(PY) analysis/bench_heads.py --plot-only
+	$(PY) analysis/bench_scaling.py --plot-only
 
 clean:
 	rm -rf $(VENV) demo-report

@@ -201,12 +201,15 @@ from nx_baseline import compare_with_networkx, networkx_pipeline  # noqa: E402  
 # 4. Peak RSS on a generated >= 2 GB checkpoint
 # ---------------------------------------------------------------------------------------------
 
-def run_rss_child(path: Path, n_jobs: int, modularity: bool = False) -> dict:
+def run_rss_child(path: Path, n_jobs: int, modularity: bool = False, *, script: Path | None = None,
+                  extra: tuple = ()) -> dict:
+    """Run ``script --rss-child PATH N_JOBS MODULARITY *extra`` (this script by default) in a fresh process
+    (``llama_checkpoint.rss_child``); return what it printed, with the CPUs other processes kept busy."""
     # Linux keeps ru_maxrss across exec: a child exec'd straight from this (large) process would
     # report this process's peak. A shell that forks before exec gives it a fresh count.
     cmd = ["/bin/sh", "-c", '"$@"; exit $?', "sh",
-           sys.executable, str(Path(__file__).resolve()), "--rss-child", str(path), str(n_jobs),
-           str(int(modularity))]
+           sys.executable, str(script or Path(__file__).resolve()), "--rss-child", str(path), str(n_jobs),
+           str(int(modularity)), *map(str, extra)]
     with CpuMeter() as meter:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
     if proc.returncode != 0:

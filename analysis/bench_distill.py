@@ -142,6 +142,7 @@ def main():
         settings = {k: getattr(args, k) for k in TRAIN_KEYS}
         settings.update(widths=chosen, variants=list(kinds), dense=str(args.dense) if args.dense else None,
                         code=code_fingerprint("train", "graph", "compaction", "models.py"))
+        settings = json.loads(json.dumps(settings))  # as the results file holds it (lists, not tuples)
         if not (args.resume and results.get("settings") == settings):
             results = {"settings": settings, "runs": {}, "latency": {}}
         args.workdir.mkdir(parents=True, exist_ok=True)

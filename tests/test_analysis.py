@@ -149,7 +149,10 @@ def test_a_worker_gets_a_packed_graph_not_an_edge_list(mlp_state):
     packed = rec.args[2]
     assert isinstance(packed, PackedEdges) and packed.bits is not None and packed.data is None
     assert packed.nbytes < g.n_edges * 4 and not any(isinstance(a, np.ndarray) and a.ndim == 2 for a in rec.args)
-    assert fut.result() == _heavy_metrics(g.in_degree(), g.out_degree(), g, config)  # same as in-process
+    def metrics(result):  # less the seconds, which differ from run to run
+        return {k: v for k, v in result.items() if not k.startswith("t_")}
+
+    assert metrics(fut.result()) == metrics(_heavy_metrics(g.in_degree(), g.out_degree(), g, config))  # in-process
 
 
 def test_bounded_pool_holds_few_waiting_tasks():

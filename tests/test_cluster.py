@@ -154,22 +154,24 @@ def test_command_on_a_running_cluster(tmp_path, tiny_llama, running):
 def test_progress_advances_as_tasks_complete(tiny_llama, running, local_report, monkeypatch):
     import topoprune.graph.analysis as analysis
 
-    steps = []
+    steps, edges = [], []
 
     class Bar:
-        def update(self, n):
-            steps.append(n)
-
-        def set_postfix_str(self, *a, **k):
+        def __init__(self, total, enabled):
             pass
+
+        def advance(self, n, n_edges, name=""):
+            steps.append(n)
+            edges.append(n_edges)
 
         def close(self):
             pass
 
-    monkeypatch.setattr(analysis, "_progress", lambda total, enabled: Bar())
+    monkeypatch.setattr(analysis, "Progress", Bar)
     rep = analyze_report(tiny_llama, scheduler=running, **SETTINGS)
     assert_same_report(local_report, rep)
     assert sum(steps) == len(rep.matrices) and len(steps) > 1
+    assert sum(edges) == rep.matrices["n_edges"].sum()
 
 
 def test_task_error_names_the_tensor(tmp_path, running):

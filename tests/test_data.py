@@ -275,6 +275,9 @@ def test_hub_needs_datasets(tok):
 def test_load_task_dispatch(tok):
     data = load_task("tweets", tok, n_train=10, n_eval=4, max_length=None)
     assert data.task == "classification" and len(data.train) == 10
+    three = load_task("tweets3", tok, n_train=12, n_eval=6)
+    assert three.num_labels == 3 and list(three.label_names) == ["negative", "neutral", "positive"]
+    assert sorted(Counter(int(x["labels"]) for x in three.eval)) == [0, 1, 2]
     with pytest.raises(DataError, match="unknown data 'wikitext'"):
         load_task("wikitext", tok)
     with pytest.raises(ConfigError, match="classification"):

@@ -248,3 +248,93 @@ def test_bad_owl_settings(tmp_path, calib, args):
     _bad(tmp_path, "tiny-llama", "--allocation", "owl", *args, "--calibration", calib, "-o", out, message="owl")
     assert not out.exists()
     _assert_clean(tmp_path)
+
+
+def test_setting_presets_exactly_the_three_knobs():
+    """``authors`` changes down_rows, group and rebalance and nothing else; explicit knobs win."""
+    import dataclasses
+
+    from topoprune.errors import ConfigError
+    from topoprune.oneshot.prune import OneShotConfig
+
+    ours, authors = OneShotConfig.preset("topoprune"), OneShotConfig.preset("authors")
+    assert ours == OneShotConfig() and ours.setting == "topoprune" and authors.setting == "authors"
+    differ = {f.name: getattr(authors, f.name) for f in dataclasses.fields(OneShotConfig)
+              if getattr(authors, f.name) != getattr(ours, f.name)}
+    assert differ == {"down_rows": "next_input", "group": "row", "rebalance": False}
+    mixed = OneShotConfig.preset("authors", method="magnitude", sparsity=0.7, group="layer", rebalance=None)
+    assert (mixed.group, mixed.down_rows, mixed.rebalance, mixed.method, mixed.sparsity) == \
+        ("layer", "next_input", False, "magnitude", 0.7)
+    assert mixed.setting == "custom" and mixed.comparison == "layer"
+    assert OneShotConfig.preset("authors", method="magnitude").comparison == "row"
+    with pytest.raises(ConfigError, match="setting must be one of topoprune, authors"):
+        OneShotConfig.preset("paper")
+
+
+def test_setting_reaches_the_run(tmp_path, calib):
+    """--setting authors is recorded with its knobs; explicit knobs override it; the default is ours."""
+    cases = {"authors": (("--setting", "authors"), ("next_input", "row", False, "authors")),
+             "override": (("--setting", "authors", "--down-rows", "block_output", "--rebalance", "--group", "auto"),
+                          ("block_output", "auto", True, "topoprune")),
+             "default": ((), ("block_output", "auto", True, "topoprune")),
+             "knobs": (("--down-rows", "next_input", "--no-rebalance", "--group", "row", "--gqa-rows", "block"),
+                       ("next_input", "row", False, "authors"))}
+    for name, (args, (down, group, rebalance, setting)) in cases.items():
+        out = tmp_path / name
+        allocation = "neuroal" if name == "authors" else "uniform"
+        r = run("tiny-llama", "--sparsity", 0.6, "--allocation", allocation, *args, "--calibration", calib, *FAST,
+                "--no-analyze", "--no-eval", "-o", out)
+        assert r.exit_code == 0, r.output
+        rec = json.loads((out / "topoprune.json").read_text())
+        c = rec["config"]
+        assert (c["down_rows"], c["group"], c["rebalance"], rec["setting"]) == (down, group, rebalance, setting), name
+        assert ("authors setting" in r.stdout) == (setting == "authors"), r.stdout
+        if name == "knobs":
+            assert c["gqa_rows"] == "block"
+        if name == "authors":  # the next block's input drop is zero: down_proj rows keep the block ratio
+            downs = [k for k in rec["fallbacks"] if "down_proj" in k]
+            assert len(downs) == 2 and rec["lambda_row"] is not None
+            assert abs(rec["sparsity"] - 0.6) < 0.05
+
+
+@pytest.mark.parametrize("option", ["--setting", "--group", "--down-rows", "--gqa-rows"])
+def test_bad_setting_values(tmp_path, calib, option):
+    """A bad --setting or knob value: one line naming the option, exit 2, no output directory."""
+    out = tmp_path / "OUT"
+    _bad(tmp_path, "tiny-llama", option, "bogus", "--calibration", calib, "-o", out, message=option)
+    assert not out.exists()
+    _assert_clean(tmp_path)
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "analysis" / "bench_oneshot.py"
+    spec = importlib.util.spec_from_file_location("bench_oneshot", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, path.parent / "results" / "bench_oneshot.json"
+
+
+def test_bench_keys_keep_stored_runs_and_skip_unchanged_baselines():
+    """Our setting's run keys are those stored before the settings axis; the authors' setting is run only
+    where it changes the run (NeuroAL; magnitude's comparison group)."""
+    from types import SimpleNamespace
+
+    bench, results = _bench()
+    if results.is_file():
+        for row in json.loads(results.read_text())["rows"]:
+            k = row["key"]
+            args = SimpleNamespace(**{a: k[a] for a in ("model", "n_calibration", "n_search", "seq_len",
+                                                         "eval_tokens", "window")})
+            assert bench.run_key(args, k["sparsity"], k["method"], k["allocation"], k.get("setting", "topoprune")) == k
+    args = SimpleNamespace(model="m", n_calibration=1, n_search=1, seq_len=2, eval_tokens=0, window=2)
+    assert "setting" not in bench.run_key(args, 0.5, "wanda", "neuroal")
+    assert bench.run_key(args, 0.5, "wanda", "neuroal", "authors")["setting"] == "authors"
+    eff = bench.effective_setting
+    assert eff("authors", "wanda", "neuroal", 0.7) == "authors" and eff("authors", "magnitude", "uniform", 0.5) == \
+        "authors" and eff("authors", "magnitude", "owl", 0.7) == "authors"
+    assert eff("authors", "wanda", "uniform", 0.7) == eff("authors", "wanda", "owl", 0.7) == "topoprune"
+    assert eff("authors", "wanda", "owl", 0.9) == "authors"  # OWL's band reaches the clip bound: rebalancing matters
+    assert eff("authors", "dense", "dense", 0.0) == eff("topoprune", "wanda", "neuroal", 0.5) == "topoprune"

@@ -186,3 +186,18 @@ def test_background_process_is_idle_class_from_its_start(sparse_bert):
         assert seen == [os.SCHED_OTHER] and os.sched_getscheduler(pids[0]) == os.SCHED_IDLE
     finally:
         tracker.close()
+
+
+def test_a_raise_while_waiting_is_not_undone_by_the_starting_process(sparse_bert):
+    # finish() right after the first snapshot: the background process is still importing when the
+    # run raises its priority, and must still run at normal priority when its work starts.
+    tracker = TopologyTracker(sparse_bert, eps=1e-4)
+    try:
+        tracker.snapshot(1)
+        tracker._waiting(True)
+        policy = tracker._pool.submit(os.sched_getscheduler, 0).result(timeout=120)
+        assert policy == os.SCHED_OTHER
+        tracker._waiting(False)
+        assert os.sched_getscheduler(next(iter(tracker._pool._processes))) == os.SCHED_IDLE
+    finally:
+        tracker.close()

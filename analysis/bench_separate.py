@@ -1,0 +1,169 @@
+"""Sparse fine-tuning methods on settings whose noise is below their differences.
+
+On 2,000 positive/negative tweets and 126 steps every method lies within one standard error of the
+others (``bench_neuroprune.py``). Two settings that can rank them:
+
+* ``tweets3``: MiniLM on all the negative/neutral/positive tweets of the corpus (37,197 distinct
+  tweets: about 29,800 training and 7,400 test tweets; one standard error about 0.5 points at
+  70 % accuracy), one epoch, lr 1e-4, at 50 % and 70 % MLP sparsity;
+* ``ptb``: causal-LM sparse fine-tuning of SmolLM2-135M on Penn Treebank (blocks of 128 tokens;
+  perplexity on held-out PTB blocks, far more sensitive than accuracy), at 50 % and 70 % MLP
+  sparsity.
+
+Methods: NeuroPrune in target mode (keep-score |w| * c_i, the preferential-attachment penalty,
+dominating-set head pruning; Dhurandhar et al., Findings of ACL 2024, arXiv 2404.01306), GMP (Zhu
+& Gupta 2017, arXiv 1710.01878), l1 and random masks, every one with the same data, steps,
+learning rate, schedule (cubic, ending at 75 % of training) and seed; plus dense fine-tuning.
+``--seeds 0,1`` repeats the runs with other seeds (the split stays the same; the seed changes the
+classifier's initialisation, the data order and the random masks).
+
+Results: ``analysis/results/bench_separate.json`` (rewritten after every run; ``--resume`` keeps
+runs made by the same code and settings); figure ``figures/separate.{png,svg}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from analysis.bench_compact import load_results, save_results  # noqa: E402
+from analysis.bench_neuroprune import mlp_connectivity  # noqa: E402
+from analysis.fingerprint import code_fingerprint  # noqa: E402
+
+RESULTS = ROOT / "analysis" / "results" / "bench_separate.json"
+#: setting -> TrainConfig fields.
+SETTINGS = {
+    "tweets3": {"model": "minilm", "data": "tweets3", "n_train": None, "n_eval": None, "epochs": 1.0, "lr": 1e-4,
+                "batch_size": 32, "max_length": 64},
+    "ptb": {"model": "smollm2", "data": "ptb", "n_train": 1600, "n_eval": 200, "epochs": 1.0, "lr": 5e-5,
+            "batch_size": 8, "max_length": 128},
+}
+METHODS = ("neuroprune", "gmp", "l1", "random")
+
+
+def run_name(setting: str, method: str, target: float | None, seed: int) -> str:
+    return f"{setting}-{method}" + (f"-{target:g}" if target else "") + f"-s{seed}"
+
+
+def train_run(setting: str, method: str, target: float | None, seed: int, args) -> dict:
+    from topoprune.train.run import TrainConfig, train
+
+    out = args.workdir / run_name(setting, method, target, seed)
+    npc = {"method": method, "seed": seed}
+    if target:
+        npc["target"] = target
+    cfg = TrainConfig(out=str(out), seed=seed, topology_every=0, save_steps=100_000, neuroprune=npc,
+                      **SETTINGS[setting])
+    t0 = time.perf_counter()
+    rec = train(cfg, overwrite=True, progress=False)
+    m = rec["metrics"]
+    row = {"setting": setting, "method": method, "target": target, "seed": seed, "steps": rec["steps"],
+           "accuracy": m.get("eval_accuracy"), "perplexity": m.get("eval_perplexity"), "eval_loss": m.get("eval_loss"),
+           "n_eval": int(re.search(r"/ (\d+)", rec["data"]).group(1)) if re.search(r"/ (\d+)", rec["data"]) else None,
+           "heads": sum(rec["heads_remaining"].values()), "wall_seconds": time.perf_counter() - t0,
+           **mlp_connectivity(out / "model", 1e-4)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def table(res: dict) -> list[str]:
+    lines = []
+    for setting in res["settings"]["settings"]:
+        rows = [r for r in res["runs"].values() if r["setting"] == setting]
+        if not rows:
+            continue
+        metric = "accuracy" if setting != "ptb" else "perplexity"
+        lines += [f"**{setting}**", "", (f"| method | MLP sparsity | {metric} (mean over seeds) | seeds | spread "
+                  "| conn. sd (%) |"), "|---|---|---|---|---|---|"]
+        groups: dict = {}
+        for r in rows:
+            groups.setdefault((r["method"], r["target"]), []).append(r)
+        for (method, target), rs in sorted(groups.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0])):
+            vals = [r[metric] for r in rs]
+            mean = sum(vals) / len(vals)
+            spread = f"{min(vals):.4g}–{max(vals):.4g}" if len(vals) > 1 else "-"
+            n = rs[0].get("n_eval")
+            se = f" ± {math.sqrt(mean * (1 - mean) / n):.3f}" if metric == "accuracy" and n else ""
+            lines.append(f"| {method} | {rs[0]['mlp_sparsity']:.1%} | {mean:.4g}{se} | {len(rs)} | {spread} | "
+                         f"{sum(r['conn_sd_percent'] for r in rs) / len(rs):.2f} |")
+        lines.append("")
+    return lines
+
+
+def plot(res: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = [s for s in res["settings"]["settings"] if any(r["setting"] == s for r in res["runs"].values())]
+    if not settings:
+        return
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.8 * len(settings), 3.6), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        metric = "accuracy" if setting != "ptb" else "perplexity"
+        rows = [r for r in res["runs"].values() if r["setting"] == setting]
+        dense = [r[metric] for r in rows if r["method"] == "dense"]
+        if dense:
+            ax.axhline(sum(dense) / len(dense), color="0.5", ls=":", lw=0.8, label="dense")
+        for i, (method, marker) in enumerate(zip(METHODS, "os^x")):
+            pts = [(100 * r["target"] + 1.2 * (i - 1.5), r[metric]) for r in rows if r["method"] == method]
+            if pts:
+                ax.plot(*zip(*pts), marker=marker, ls="none", label=method)
+        ax.set_xlabel("MLP sparsity (%; methods offset)")
+        ax.set_ylabel(metric)
+        ax.set_title(setting, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(ROOT / "figures" / f"separate.{ext}", dpi=150)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", default="tweets3,ptb", help=f"some of {','.join(SETTINGS)}")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--targets", default="0.5,0.7")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-separate")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--plot-only", action="store_true")
+    args = ap.parse_args()
+    res = load_results(args.out)
+    if not args.plot_only:
+        settings = [s for s in args.settings.split(",") if s]
+        methods = [m for m in args.methods.split(",") if m]
+        if not set(settings) <= set(SETTINGS) or not set(methods) <= set(METHODS):
+            ap.error(f"--settings: some of {','.join(SETTINGS)}; --methods: some of {','.join(METHODS)}")
+        targets = [float(t) for t in args.targets.split(",")]
+        seeds = [int(s) for s in args.seeds.split(",")]
+        fixed = {"configs": {s: SETTINGS[s] for s in SETTINGS}, "code": code_fingerprint("train", "graph", "models.py")}
+        if not (args.resume and {k: res.get("settings", {}).get(k) for k in fixed} == fixed):
+            res = {"settings": {}, "runs": {}}
+        res["settings"].update(fixed, settings=sorted(set(res["settings"].get("settings", [])) | set(settings),
+                                                      key=list(SETTINGS).index))
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        plan = [(s, "dense", None, seed) for s in settings for seed in seeds]
+        plan += [(s, m, t, seed) for s in settings for t in targets for seed in seeds for m in methods]
+        for setting, method, target, seed in plan:
+            name = run_name(setting, method, target, seed)
+            if name not in res["runs"]:
+                res["runs"][name] = train_run(setting, method, target, seed, args)
+                save_results(args.out, res)
+    print("\n".join(table(res)))
+    plot(res)
+
+
+if __name__ == "__main__":
+    main()
