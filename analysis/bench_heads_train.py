@@ -16,7 +16,8 @@ and no weight pruning at all (both penalties zero), so that only the heads chang
 
 Each run is compacted, so the heads are really gone. Results:
 ``analysis/results/bench_heads_train.json`` (rewritten after every run; ``--resume`` keeps runs
-made by the same code and settings); the table is printed at the end.
+made by the same code and settings); figure ``figures/heads_train.{png,svg}`` (test accuracy
+against heads removed, ±1 standard error); the table is printed at the end.
 """
 from __future__ import annotations
 
@@ -86,6 +87,38 @@ def table(res: dict) -> list[str]:
     return lines
 
 
+def plot(res: dict) -> None:
+    """Accuracy against heads removed: dominating set (folded / zeroed) and lowest weight norm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs, n, dense = res.get("runs", {}), res["settings"]["n_eval"], res.get("dense_accuracy")
+    if not runs:
+        return
+    fig, ax = plt.subplots(figsize=(5.4, 3.7))
+    groups = (("folded", "dominating set, folded (paper)", "o"), ("zeroed", "dominating set, zeroed", "D"),
+              ("norm", "lowest weight norm, on the schedule", "s"))
+    for key, label, marker in groups:
+        pts = sorted((r["heads_removed"], r["accuracy"]) for name, r in runs.items()
+                     if (name.startswith("norm") if key == "norm" else name.endswith(key)))
+        if pts:
+            x, y = zip(*pts)
+            err = [100 * math.sqrt(a * (1 - a) / n) for a in y]
+            ax.errorbar(x, [100 * a for a in y], yerr=err, marker=marker, capsize=3, label=label)
+    if dense:
+        ax.axhline(100 * dense, color="0.5", lw=0.8, ls=":", label="dense fine-tuning")
+    ax.set_xlabel("heads removed during training (of 72)")
+    ax.set_ylabel(f"test accuracy (%), {n} tweets")
+    ax.set_title("MiniLM on sentiment tweets, heads pruned while fine-tuning", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(ROOT / "figures" / f"heads_train.{ext}", dpi=150)
+    plt.close(fig)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=float, default=3.0)
@@ -99,7 +132,7 @@ def main():
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-heads-train")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--plot-only", action="store_true", help="print the table of the results file")
+    ap.add_argument("--plot-only", action="store_true", help="table and figure from the results file")
     args = ap.parse_args()
     res = load_results(args.out)
     if not args.plot_only:
@@ -121,6 +154,7 @@ def main():
                 res["runs"][name] = train_run(name, RUNS[name], args)
                 save_results(args.out, res)
     print("\n".join(table(res)))
+    plot(res)
 
 
 if __name__ == "__main__":

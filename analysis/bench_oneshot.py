@@ -412,6 +412,7 @@ def plot(rows: list[dict], directory: Path, stem: str, title: str) -> list[Path]
         for ax, method, name in zip(ax_row, ("magnitude", "wanda"), ("magnitude", "Wanda")):
             if dense is not None and dense.get(field) is not None:
                 ax.axhline(dense[field], color="grey", ls="--", lw=0.8, label=f"dense ({dense[field]:.1f})")
+            drawn = False
             for allocation, (marker, colour) in ALLOCATION_STYLE.items():
                 for setting in sorted({setting_of(r) for r in ok}, key=lambda s: s != OURS):
                     pts = sorted((r["sparsity_target"], r[field]) for r in ok if r["method"] == method
@@ -422,6 +423,10 @@ def plot(rows: list[dict], directory: Path, stem: str, title: str) -> list[Path]
                         ax.plot([100 * p[0] for p in pts], [p[1] for p in pts], marker=marker, color=colour,
                                 ls="-" if setting == OURS else ":", mfc=colour if setting == OURS else "none",
                                 label=label)
+                        drawn = True
+            if not drawn:
+                ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", va="center", color="grey")
+                ax.set_xlim(48, 72)
             ax.set_yscale("log")
             ax.set_xlabel("sparsity (%)")
             ax.set_title(f"{name}, {title}, {text}", fontsize=10)

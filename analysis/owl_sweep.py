@@ -38,8 +38,9 @@ def key(args, lam: float, m: float) -> dict:
 def run(dense, windows, test_ids, args, lam: float, m: float) -> dict:
     t0 = time.perf_counter()
     model = copy.deepcopy(dense)
-    cfg = OneShotConfig(method=args.method, sparsity=args.sparsity, allocation="owl" if lam > 0 else "uniform",
-                        owl_lambda=lam, owl_m=m, n_calibration=args.n_calibration, seq_len=args.seq_len, seed=0)
+    # the setting the sweep was measured in: magnitude within the layer, clipped OWL blocks rebalanced
+    cfg = OneShotConfig.preset("topoprune", method=args.method, sparsity=args.sparsity,
+                               allocation="owl" if lam > 0 else "uniform", owl_lambda=lam, owl_m=m, n_calibration=args.n_calibration, seq_len=args.seq_len, seed=0)
     res = prune(model, windows, cfg, progress=False)
     ppl = perplexity(model, test_ids, window=args.window, max_tokens=args.eval_tokens or None)
     return {"key": key(args, lam, m), "owl_lambda": lam, "owl_m": m, "ppl": float(ppl),

@@ -3,11 +3,16 @@
 Paper mode is NeuroPrune as Dhurandhar et al. describe it (Findings of ACL 2024, arXiv
 2404.01306): no target sparsity; the MLP preferential-attachment penalty (weight alpha) and the
 attention row-group penalty (weight beta) drive weights towards zero, and weights with
-``|w| < eps`` are pruned. Every run is the default ``topoprune train`` (all-MiniLM-L6-v2, 2,000
-training and 500 test tweets, one epoch, AdamW lr 5e-5, seed 0) with the penalties in the
+``|w| < eps`` are pruned. all-MiniLM-L6-v2 on 2,000 training tweets, seed 0, the penalties in the
 proximal form (:mod:`topoprune.train.proximal`) at the weights of the grid, plus dense
-fine-tuning and the gradient form at the paper-scale weights for reference. This grid chose the
-paper-mode defaults (``topoprune.train.config.PAPER_PENALTIES``).
+fine-tuning and the gradient form at the paper-scale weights for reference, on two budgets:
+
+* ``short``: one epoch (63 steps), AdamW lr 5e-5, 500 test tweets (the runs without a prefix);
+* ``default``: the default ``topoprune train`` budget, three epochs (189 steps), lr 1e-4, tested
+  on 2,000 tweets (the ``b3-`` runs).
+
+This grid chose the paper-mode defaults (``topoprune.train.config.PAPER_PENALTIES``): the
+smallest weights of the default budget with at least 50 % MLP and 30 % attention sparsity.
 
 Results: ``analysis/results/paper_mode.json``, with a fingerprint of the code that produced them;
 runs in ``--workdir`` (while the fingerprint matches, a run directory that already holds a finished
@@ -30,7 +35,9 @@ from analysis.fingerprint import code_fingerprint  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "paper_mode.json"
-#: name -> NeuroPrune settings of the run (the rest is the default ``topoprune train``).
+#: Training budgets (TrainConfig fields); a run's name starts with ``b3-`` for the default one.
+BUDGETS = {"short": {"epochs": 1.0, "lr": 5e-5, "n_eval": 500}, "default": {"epochs": 3.0, "lr": 1e-4, "n_eval": 2000}}
+#: name -> NeuroPrune settings of the run (its budget: ``budget_of(name)``).
 GRID = {
     "dense": {"method": "dense"},
     "gradient-1e-4-1e-4": {"penalty_form": "gradient", "mlp_weight": 1e-4, "attn_weight": 1e-4},
@@ -39,7 +46,14 @@ GRID = {
                     ("7e-4", "6e-3"))},
     **{f"e75-{a}-{b}": {"penalty_form": "proximal", "mlp_weight": float(a), "attn_weight": float(b),
                         "end_fraction": 0.75} for a, b in (("6e-4", "5e-3"), ("8e-4", "7e-3"))},
+    "b3-dense": {"method": "dense"},
+    **{f"b3-p-{a}-{b}": {"penalty_form": "proximal", "mlp_weight": float(a), "attn_weight": float(b)}
+       for a, b in (("1e-4", "8e-4"), ("1.5e-4", "2e-3"), ("2e-4", "2e-3"))},
 }
+
+
+def budget_of(name: str) -> dict:
+    return BUDGETS["default" if name.startswith("b3-") else "short"]
 
 
 def summarize(rec: dict) -> dict:
@@ -60,29 +74,31 @@ def summarize(rec: dict) -> dict:
 def run(name: str, opts: dict, workdir: Path, reuse: bool = True) -> dict:
     from topoprune.train.run import TrainConfig, run_config, train
 
-    cfg = TrainConfig(out=str(workdir / name), topology_every=0, neuroprune=dict(opts))
+    cfg = TrainConfig(out=str(workdir / name), topology_every=0, neuroprune=dict(opts), **budget_of(name))
     done = workdir / name / "topoprune.json"
     if reuse and done.is_file():
         rec = json.loads(done.read_text())
         have, want = rec["config"]["neuroprune"], run_config(cfg)["neuroprune"]
         if want["method"] == "dense":  # dense fine-tuning ignores every penalty setting
             have, want = have["method"], want["method"]
-        if have == want and rec["config"]["n_eval"] == run_config(cfg)["n_eval"]:
+        if have == want and all(rec["config"][k] == run_config(cfg)[k] for k in ("n_eval", "epochs", "lr")):
             return summarize(rec)
     return summarize(train(cfg, overwrite=True, progress=False))
 
 
 def table(results: dict) -> list[str]:
-    lines = ["| run | form | alpha | beta | penalties stop | MLP sparsity | attention sparsity (Q,K,V,O) | "
-             "test accuracy (500) |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | budget | form | alpha | beta | penalties stop | MLP sparsity | attention sparsity (Q,K,V,O) | "
+             "test accuracy |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
+        b = budget_of(name)
+        budget = f"{b['epochs']:g} ep, lr {b['lr']:g}, {b['n_eval']} test"
         c = r["config"]
         dense = c["method"] == "dense"
         form = "-" if dense else c["penalty_form"]
         alpha = "-" if dense else format(c["mlp_weight"], "g")
         beta = "-" if dense else format(c["attn_weight"], "g")
         stop = "at " + format(c["end_fraction"], ".0%") if c.get("end_fraction") else "-"
-        lines.append(f"| {name} | {form} | {alpha} | {beta} | {stop} | {r['mlp_sparsity']:.1%} | "
+        lines.append(f"| {name} | {budget} | {form} | {alpha} | {beta} | {stop} | {r['mlp_sparsity']:.1%} | "
                      f"{r['attention_sparsity']:.1%} | {r['accuracy']:.3f} ± {r['se']:.3f} |")
     return lines
 

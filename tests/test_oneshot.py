@@ -233,9 +233,11 @@ def test_magnitude_layer_vs_row_group():
                 for j in range(m.shape[0]):
                     assert w[j][m[j]].min() >= w[j][~m[j]].max()
     assert any(not torch.equal(masks["layer"].masks[n], masks["row"].masks[n]) for n in masks["row"].names())
-    # auto: magnitude compares within the layer
-    auto = prune(_model(), _windows(), _cfg(method="magnitude", sparsity=0.6)).masks
+    # auto: magnitude compares within the layer (the default group, the authors' setting's, is row)
+    auto = prune(_model(), _windows(), _cfg(method="magnitude", group="auto", sparsity=0.6)).masks
     assert all(torch.equal(auto.masks[n], masks["layer"].masks[n]) for n in auto.names())
+    default = prune(_model(), _windows(), _cfg(method="magnitude", sparsity=0.6)).masks
+    assert all(torch.equal(default.masks[n], masks["row"].masks[n]) for n in default.names())
 
 
 def test_layer_mask_exact_counts():

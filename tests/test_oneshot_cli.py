@@ -251,14 +251,16 @@ def test_bad_owl_settings(tmp_path, calib, args):
 
 
 def test_setting_presets_exactly_the_three_knobs():
-    """``authors`` changes down_rows, group and rebalance and nothing else; explicit knobs win."""
+    """``authors`` changes down_rows, group and rebalance and nothing else; explicit knobs win; the defaults
+    are the DEFAULT_SETTING's (the authors')."""
     import dataclasses
 
     from topoprune.errors import ConfigError
-    from topoprune.oneshot.prune import OneShotConfig
+    from topoprune.oneshot.prune import DEFAULT_SETTING, OneShotConfig
 
     ours, authors = OneShotConfig.preset("topoprune"), OneShotConfig.preset("authors")
-    assert ours == OneShotConfig() and ours.setting == "topoprune" and authors.setting == "authors"
+    assert DEFAULT_SETTING == "authors" and authors == OneShotConfig() == OneShotConfig.preset()
+    assert ours.setting == "topoprune" and authors.setting == "authors"
     differ = {f.name: getattr(authors, f.name) for f in dataclasses.fields(OneShotConfig)
               if getattr(authors, f.name) != getattr(ours, f.name)}
     assert differ == {"down_rows": "next_input", "group": "row", "rebalance": False}
@@ -272,13 +274,14 @@ def test_setting_presets_exactly_the_three_knobs():
 
 
 def test_setting_reaches_the_run(tmp_path, calib):
-    """--setting authors is recorded with its knobs; explicit knobs override it; the default is ours."""
+    """--setting is recorded with its knobs; explicit knobs override it; the default is the authors'."""
     cases = {"authors": (("--setting", "authors"), ("next_input", "row", False, "authors")),
              "override": (("--setting", "authors", "--down-rows", "block_output", "--rebalance", "--group", "auto"),
                           ("block_output", "auto", True, "topoprune")),
-             "default": ((), ("block_output", "auto", True, "topoprune")),
-             "knobs": (("--down-rows", "next_input", "--no-rebalance", "--group", "row", "--gqa-rows", "block"),
-                       ("next_input", "row", False, "authors"))}
+             "default": ((), ("next_input", "row", False, "authors")),
+             "ours": (("--setting", "topoprune"), ("block_output", "auto", True, "topoprune")),
+             "knobs": (("--down-rows", "block_output", "--rebalance", "--group", "auto", "--gqa-rows", "block"),
+                       ("block_output", "auto", True, "topoprune"))}
     for name, (args, (down, group, rebalance, setting)) in cases.items():
         out = tmp_path / name
         allocation = "neuroal" if name == "authors" else "uniform"

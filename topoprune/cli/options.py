@@ -143,15 +143,15 @@ def setting_options(f):
     The knobs default to ``None``: "as the setting says" (:meth:`OneShotConfig.preset`); given
     explicitly, they override the setting.
     """
-    from ..oneshot.prune import DOWN_ROWS, GQA_ROWS, GROUPS, SETTINGS, OneShotConfig
+    from ..oneshot.prune import DEFAULT_SETTING, DOWN_ROWS, GQA_ROWS, GROUPS, SETTINGS, OneShotConfig
 
     def per_setting(name, show=str):
         return "[" + "; ".join(f"{k}: {show(v[name])}" for k, v in SETTINGS.items()) + "]"
 
     options = [
-        click.option("--setting", type=OneLineChoice(tuple(SETTINGS)), default="topoprune", show_default=True,
-                     help="NeuroAL setting: ours, or as its authors' code runs it (--down-rows next_input, "
-                          "--group row, --no-rebalance); the options below override it."),
+        click.option("--setting", type=OneLineChoice(tuple(SETTINGS)), default=DEFAULT_SETTING, show_default=True,
+                     help="NeuroAL setting: as its authors' code runs it (--down-rows next_input, --group row, "
+                          "--no-rebalance; lower held-out perplexity), or ours; the options below override it."),
         click.option("--group", type=OneLineChoice(GROUPS), default=None,
                      help="Comparison group (auto: layer for magnitude, row for wanda) " + per_setting("group")),
         click.option("--down-rows", type=OneLineChoice(DOWN_ROWS), default=None,
