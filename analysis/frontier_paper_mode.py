@@ -19,7 +19,8 @@ is about 0.75 points.
   against 0.13 for dense fine-tuning.
 
 Results: ``analysis/results/frontier.json`` (rewritten after every run; ``--resume`` keeps the
-runs made by the same code and settings); figure ``figures/frontier.{png,svg}``.
+runs made by the same code, test set and seed, so ``--alphas`` and ``--baselines`` can grow the grid
+run by run); figure ``figures/frontier.{png,svg}``.
 """
 from __future__ import annotations
 
@@ -129,7 +130,7 @@ def plot(res: dict) -> None:
     bx.set_xlabel("MLP sparsity (%)")
     bx.set_ylabel("connectivity sd of MLP neurons (% of row)")
     ax.legend(fontsize=7)
-    fig.suptitle("MiniLM, sentiment tweets, one epoch: paper-mode NeuroPrune against GMP, l1 and random", fontsize=9)
+    fig.suptitle("MiniLM, sentiment tweets, 3 epochs: paper-mode NeuroPrune against GMP, l1 and random", fontsize=9)
     fig.tight_layout()
     for ext in ("png", "svg"):
         fig.savefig(ROOT / "figures" / f"frontier.{ext}", dpi=150)
@@ -151,10 +152,13 @@ def main():
     if not args.plot_only:
         if not set(args.baselines) <= set(BASELINES):
             ap.error(f"--baselines: some of {','.join(BASELINES)}")
-        settings = {"alphas": list(args.alphas), "baselines": list(args.baselines), "n_eval": args.n_eval,
-                    "seed": args.seed, "code": code_fingerprint("train", "graph", "models.py")}
-        if not (args.resume and res.get("settings") == settings):
+        # a run's name holds its alpha and method: a resumed grid may add alphas or baselines
+        settings = {"n_eval": args.n_eval, "seed": args.seed, "code": code_fingerprint("train", "graph", "models.py")}
+        old = res.get("settings", {})
+        if not (args.resume and all(old.get(k) == v for k, v in settings.items())):
             res = {"settings": settings, "runs": {}}
+        res["settings"] = {**settings, "alphas": sorted(set(old.get("alphas", [])) | set(args.alphas)),
+                           "baselines": sorted(set(old.get("baselines", [])) | set(args.baselines))}
         args.workdir.mkdir(parents=True, exist_ok=True)
         while True:
             todo = [(k, npc) for k, npc in plan(args, res["runs"]) if k not in res["runs"]]
