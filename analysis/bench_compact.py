@@ -10,10 +10,13 @@ settings, of every layer's heads) whole on a cubic schedule (``topoprune train -
 applied to neurons and heads). NeuroPrune: Dhurandhar et al., Findings of ACL 2024, arXiv 2404.01306.
 
 Measured per setting: parameters and file size of the compacted model, test accuracy, CPU latency at
-batch 1 and throughput at batch 32 (sequence lengths 64 and 128, torch threads fixed, median of
-repeats, every model timed in the same process, round-robin over several rounds so that a slow phase
-of a shared machine affects all models alike), the speed-up over the dense
-model and its ratio to the ideal speed-up from the removed multiply-adds. The same widths are also
+batch 1 and throughput at batch 32 (sequence lengths 64 and 128, torch threads fixed, medians,
+every model timed in the same process over several rounds), the speed-up over the dense model and
+its ratio to the ideal speed-up from the removed multiply-adds. Speed-ups are paired: every pass of a
+pruned model is timed right next to a pass of the dense model (alternating which goes first), and
+the speed-up is the median over pairs of the two times' ratio, so that a slow phase of a shared
+machine, which slows both passes of a pair alike, cancels. The MiniLM models are timed at every
+thread count of ``--threads``. The same widths are also
 timed on random-init BERT-base-sized and LLaMA-style (grouped-query attention) models.
 
 Phases (results in ``analysis/results/bench_compact.json``, rewritten after every step):
@@ -40,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from analysis.figsave import save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
 from topoprune.compaction import compact, load_compact  # noqa: E402
 from topoprune.compaction.run import run_compact  # noqa: E402
@@ -105,17 +109,17 @@ def encoder_macs(model, seq: int) -> float:
     return total
 
 
-def time_model(model, vocab: int, seq: int, batch: int, repeats: int) -> list[float]:
-    """Seconds of ``repeats`` forward passes on random token ids (after one warm-up pass)."""
+def time_model(model, vocab: int, seq: int, batch: int, repeats: int, warmup: bool = True) -> list[float]:
+    """Seconds of ``repeats`` forward passes on random token ids (after one warm-up pass if ``warmup``)."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, vocab - 1, (batch, seq), generator=g)
     mask = torch.ones_like(ids)
     times = []
     with torch.inference_mode():
-        for i in range(repeats + 1):
+        for i in range(repeats + int(warmup)):
             t = time.perf_counter()
             model(input_ids=ids, attention_mask=mask)
-            if i >= 1:
+            if i >= int(warmup):
                 times.append(time.perf_counter() - t)
     return times
 
@@ -124,16 +128,35 @@ def time_model(model, vocab: int, seq: int, batch: int, repeats: int) -> list[fl
 SHAPES = [(64, 1), (128, 1), (64, 32), (128, 32)]
 
 
-def measure_all(models: dict, args) -> dict:
-    """Time every model in ``models`` round-robin: ``--rounds`` rounds, each giving every model and
-    shape a few passes, so that slow phases of a shared machine hit all models alike. Medians."""
-    times = {name: {shape: [] for shape in SHAPES} for name in models}
+def measure_all(models: dict, args, threads: int) -> dict:
+    """Time every model of ``models`` against the first one (the dense reference), pass by pass.
+
+    ``--rounds`` rounds; in each, every pruned model and shape gets a few passes, each paired with a
+    pass of the reference right before or after it (the order alternates). The speed-up is the
+    median over pairs of (reference time / model time): a slow phase of a shared machine slows both
+    passes of a pair alike, so it cancels in the ratio, where the ratio of two medians taken at
+    different moments keeps it. Absolute figures are medians of all passes."""
+    torch.set_num_threads(threads)
+    names = list(models)
+    ref, others = names[0], names[1:]
+    times = {name: {shape: [] for shape in SHAPES} for name in names}
+    pairs = {name: {shape: [] for shape in SHAPES} for name in others}
+    for name in names:  # one warm-up pass per model and shape
+        for seq, batch in SHAPES:
+            time_model(models[name], models[name].config.vocab_size, seq, batch, 0)
     for r in range(args.rounds):
-        for name, model in models.items():
+        for name in others or [ref]:
             for seq, batch in SHAPES:
                 n = max(1, args.repeats // args.rounds) if batch == 1 else 1
-                times[name][(seq, batch)] += time_model(model, model.config.vocab_size, seq, batch, n)
-        print(f"# timing round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
+                for i in range(n):
+                    order = [ref, name] if (r + i) % 2 == 0 else [name, ref]
+                    t = {m: time_model(models[m], models[m].config.vocab_size, seq, batch, 1, warmup=False)[0]
+                         for m in dict.fromkeys(order)}
+                    for m, v in t.items():
+                        times[m][(seq, batch)].append(v)
+                    if name != ref:
+                        pairs[name][(seq, batch)].append(t[ref] / t[name])
+        print(f"# timing round {r + 1}/{args.rounds} ({threads} threads)", file=sys.stderr, flush=True)
     out = {}
     for name, model in models.items():
         row = {}
@@ -141,7 +164,9 @@ def measure_all(models: dict, args) -> dict:
             row[str(seq)] = {"latency_ms": 1000 * statistics.median(times[name][(seq, 1)]),
                              "throughput": 32 / statistics.median(times[name][(seq, 32)]),
                              "macs": encoder_macs(model, seq), "batch1_s": times[name][(seq, 1)],
-                             "batch32_s": times[name][(seq, 32)]}
+                             "batch32_s": times[name][(seq, 32)], "reference": ref,
+                             "pairs_batch1": pairs.get(name, {}).get((seq, 1), []),
+                             "pairs_batch32": pairs.get(name, {}).get((seq, 32), [])}
         out[name] = row
     return out
 
@@ -179,10 +204,11 @@ def synthetic(kind: str, neurons: float, heads: float):
 
 
 def latency(args, results: dict) -> None:
-    torch.set_num_threads(args.threads)
-    rows = results.setdefault("latency", {})
-    results["machine"] = {"cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__,
-                          "rounds": args.rounds, "repeats": args.repeats}
+    """Time the compacted MiniLM runs and the random-init models at the first of ``--threads``; the
+    MiniLM runs again at each further thread count (``results["latency_threads"]``)."""
+    threads = [int(t) for t in str(args.threads).split(",")]
+    results["machine"] = {"cpus": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
+                          "rounds": args.rounds, "repeats": args.repeats, "timing": "paired"}
     models = {}
     for name, run in results["runs"].items():
         path = Path(run["model"])
@@ -190,25 +216,48 @@ def latency(args, results: dict) -> None:
             print(f"# {name}: {path} is gone; run --phase train again", file=sys.stderr)
             continue
         models[f"minilm/{name}"] = load_compact(path).eval()
-    rows.update(measure_all(models, args))
+    results["latency"] = measure_all(models, args, threads[0])
+    results["latency_threads"] = {}
     save_results(args.out, results)
+    for t in threads[1:]:
+        results["latency_threads"][str(t)] = measure_all(models, args, t)
+        save_results(args.out, results)
+    del models
     for kind in ("bert-base", "llama-gqa"):
         models = {f"{kind}/{key('widths', n, h)}": synthetic(kind, n, h)
                   for _, n, h in [s for s in SETTINGS if s[0] in ("dense", "gmp")]}
-        rows.update(measure_all(models, args))
+        results["latency"].update(measure_all(models, args, threads[0]))
         save_results(args.out, results)
         del models
 
 
 # ----------------------------------------------------------------------------- report
 def pooled(lat: dict, names: list[str], seq: int) -> dict | None:
-    """Timings of models with the same widths pooled (they run the same computation): medians."""
+    """Timings of models with the same widths pooled (they run the same computation): medians, and
+    the quartiles of the paired speed-ups over the reference at batch 32."""
     rows = [lat[n][str(seq)] for n in names if n in lat and "batch1_s" in lat[n][str(seq)]]
     if not rows:
         return None
-    return {"latency_ms": 1000 * statistics.median([t for r in rows for t in r["batch1_s"]]),
-            "throughput": 32 / statistics.median([t for r in rows for t in r["batch32_s"]]),
-            "macs": rows[0]["macs"]}
+    out = {"latency_ms": 1000 * statistics.median([t for r in rows for t in r["batch1_s"]]),
+           "throughput": 32 / statistics.median([t for r in rows for t in r["batch32_s"]]),
+           "macs": rows[0]["macs"]}
+    ratios = sorted(x for r in rows for x in r.get("pairs_batch32", []))
+    if len(ratios) >= 3:
+        q1, _, q3 = statistics.quantiles(ratios, n=4)
+        out["speedup"] = (statistics.median(ratios), q1, q3)
+    return out
+
+
+def speedup(row: dict, base: dict) -> float:
+    """Batch-32 speed-up at 128 tokens of a pooled row: median of paired ratios, else the ratio of medians."""
+    return row[128]["speedup"][0] if "speedup" in row[128] else row[128]["throughput"] / base[128]["throughput"]
+
+
+def throughput_speedup(timing: dict, base: dict) -> float:
+    """Batch-32 speed-up of one model's timing (one sequence length of ``measure_all``'s output) over
+    ``base``'s: the median of its paired ratios when it was timed in pairs, else the ratio of medians."""
+    pairs = timing.get("pairs_batch32")
+    return statistics.median(pairs) if pairs else timing["throughput"] / base["throughput"]
 
 
 def widths_rows(results: dict) -> list[dict]:
@@ -223,6 +272,8 @@ def widths_rows(results: dict) -> list[dict]:
                "parameters": first["parameters"]["after"], "bytes": first["bytes"]["after"]}
         for seq in (64, 128):
             row[seq] = pooled(lat, [f"minilm/{k}" for k in same], seq)
+        row["threads"] = {t: pooled(other, [f"minilm/{k}" for k in same], 128)
+                          for t, other in results.get("latency_threads", {}).items()}
         out.append(row)
     return out
 
@@ -239,9 +290,9 @@ def table(results: dict) -> list[str]:
     def speed(row, base):
         if not row.get(128) or not base or not base.get(128):
             return ["-"] * 3
-        s = row[128]["throughput"] / base[128]["throughput"]
-        ideal = base[128]["macs"] / row[128]["macs"]
-        return [f"{s:.2f}x", f"{ideal:.2f}x", f"{(s - 1) / (ideal - 1):.0%}" if ideal > 1.001 else "-"]
+        s, ideal = speedup(row, base), base[128]["macs"] / row[128]["macs"]
+        iqr = f" ({row[128]['speedup'][1]:.2f}-{row[128]['speedup'][2]:.2f})" if "speedup" in row[128] else ""
+        return [f"{s:.2f}x{iqr}", f"{ideal:.2f}x", f"{(s - 1) / (ideal - 1):.0%}" if ideal > 1.001 else "-"]
 
     for row in rows:
         acc = row["accuracy"]
@@ -254,6 +305,22 @@ def table(results: dict) -> list[str]:
             if row.get(128) else ["-"] * 3
         cells += speed(row, dense)
         lines.append("| " + " | ".join(cells) + " |")
+    extra = sorted({t for r in rows for t in r["threads"]})
+    main = results.get("machine", {}).get("torch_threads", ["?"])
+    main = main[0] if isinstance(main, list) else main
+    if extra and dense:
+        lines += ["", f"| MLP neurons removed | heads removed | ideal | speed-up, {main} threads | share of ideal | "
+                  + " | ".join(f"speed-up, {t} thread{'s' * (t != '1')} | share of ideal" for t in extra) + " |",
+                  "|---" * (5 + 2 * len(extra)) + "|"]
+        for row in rows[1:]:
+            cells = [f"{row['neurons']:.0%}", f"{row['heads']:.0%}"]
+            if row.get(128):
+                s_main = speed(row, dense)
+                cells += [s_main[1], s_main[0], s_main[2]]
+                for t in extra:
+                    r_t = {128: row["threads"].get(t)}
+                    cells += speed(r_t, {128: dense["threads"].get(t)})[::2] if r_t[128] else ["-", "-"]
+                lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| random-init model | MLP neurons removed | heads removed | batch-1 ms (64) | batch-1 ms (128) | "
               "batch-32 seq/s (128) | speed-up (128) | ideal | share of ideal |", "|---" * 9 + "|"]
     for kind in ("bert-base", "llama-gqa"):
@@ -277,7 +344,7 @@ def plot(results: dict) -> None:
     ax1, ax2 = fig.subplots(1, 2)
     n_eval = results["settings"].get("n_eval", 2000)
     for method, marker, dx in (("neuroprune", "o", -0.012), ("gmp", "s", 0.012)):  # dx: side by side
-        pts = [(r[128]["throughput"] / dense[128]["throughput"] + dx, r["accuracy"][method]) for r in rows[1:]
+        pts = [(speedup(r, dense) + dx, r["accuracy"][method]) for r in rows[1:]
                if method in r["accuracy"] and r.get(128)]
         if pts:
             ax1.errorbar([p[0] for p in pts], [p[1] for p in pts],
@@ -290,8 +357,7 @@ def plot(results: dict) -> None:
     for kind, label, marker in ((None, "MiniLM", "o"), ("bert-base", "BERT-base size", "^"),
                                 ("llama-gqa", "LLaMA-style GQA", "v")):
         if kind is None:
-            pts = [(dense[128]["macs"] / r[128]["macs"], r[128]["throughput"] / dense[128]["throughput"])
-                   for r in rows[1:] if r.get(128)]
+            pts = [(dense[128]["macs"] / r[128]["macs"], speedup(r, dense)) for r in rows[1:] if r.get(128)]
         else:
             lat = results.get("latency", {})
             base = pooled(lat, [f"{kind}/{key('widths', 0.0, 0.0)}"], 128)
@@ -299,7 +365,7 @@ def plot(results: dict) -> None:
             for _, n, h in [s for s in SETTINGS if s[0] == "gmp"]:
                 r = pooled(lat, [f"{kind}/{key('widths', n, h)}"], 128)
                 if base and r:
-                    pts.append((base["macs"] / r["macs"], r["throughput"] / base["throughput"]))
+                    pts.append((base["macs"] / r["macs"], speedup({128: r}, {128: base})))
         if pts:
             ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker, ls="none", label=label)
     hi = max([2.0] + [max(line.get_xdata()) for line in ax2.lines if len(line.get_xdata())])
@@ -308,9 +374,7 @@ def plot(results: dict) -> None:
     ax2.set_ylabel("measured speed-up (batch 32, 128 tokens)")
     ax2.legend(frameon=False, fontsize=8)
     fig.suptitle("Structured pruning then compaction, CPU", fontsize=10)
-    for fmt in ("png", "svg"):
-        with atomic_path(ROOT / "figures" / f"compact_speed.{fmt}") as tmp:
-            fig.savefig(tmp, format=fmt, dpi=120)
+    save_figure(fig, "compact_speed", dpi=120)
 
 
 def main():
@@ -321,7 +385,9 @@ def main():
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-eval", type=int, default=2000, help="test tweets (one s.e. ~0.8 points at 2,000)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads while timing")
+    ap.add_argument("--threads", default=f"{os.cpu_count() or 1},1",
+                    help="torch threads while timing, comma-separated: every model at the first, the MiniLM "
+                    "runs again at the others")
     ap.add_argument("--repeats", type=int, default=40, help="timed forward passes at batch 1 (over all rounds)")
     ap.add_argument("--rounds", type=int, default=8, help="round-robin rounds over the models (batch 32: one "
                     "pass per round)")
@@ -336,7 +402,8 @@ def main():
         print("\n".join(table(results)))
         return
     settings = {k: getattr(args, k) for k in TRAIN_KEYS}
-    settings["code"] = code_fingerprint("train", "graph", "compaction", "models.py")
+    settings["code"] = code_fingerprint("train", "graph", "compaction", "models.py",
+                                        measured=(SETTINGS, TRAIN_KEYS, key, train_one))
     if args.phase in ("train", "all"):
         if not (args.resume and results.get("settings") == settings):
             results = {"settings": settings, "runs": {}, "latency": {}}

@@ -7,7 +7,7 @@ same steps, learning rate and seed -- on the labels (``topoprune train --neurons
 and distilled from the dense fine-tuned model (``... --teacher DENSE_RUN``, loss
 :math:`0.1\\,\\mathcal{L}_\\text{CE} + 0.9\\,T^2\\,\\mathrm{KL}` at :math:`T = 2`, Hinton et al.
 2015, arXiv 1503.02531; the weights of Sanh et al. 2020, "Movement Pruning", arXiv 2005.07683) --
-then compacted and timed against the dense model round-robin in one process.
+then compacted and timed against the dense model in one process, pass by pass.
 
 Results: ``analysis/results/bench_distill.json`` (rewritten after every run; ``--resume`` keeps
 the runs made by the same code and settings); figure ``figures/distill.{png,svg}``. A longer
@@ -30,7 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from analysis.bench_compact import TRAIN_KEYS, key, load_results, measure_all, save_results, train_one  # noqa: E402
+from analysis.bench_compact import (TRAIN_KEYS, key, load_results, measure_all, save_results,  # noqa: E402
+                                    throughput_speedup, train_one)
+from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
 from topoprune.compaction import load_compact  # noqa: E402
 
@@ -71,7 +73,7 @@ def table(results: dict) -> list[str]:
             if not r:
                 continue
             d = r["accuracy"] - dense["accuracy"]
-            speed = [lat[name][str(seq)]["throughput"] / base[seq]["throughput"]
+            speed = [throughput_speedup(lat[name][str(seq)], base[seq])
                      for seq in (64, 128) if name in lat and base[seq]]
             lines.append(f"| {nn:.0%} | {round(h * 12)} of 12 | {variant} | {r['accuracy']:.3f} | "
                          f"{100 * d:+.1f} ± {100 * se_diff(r['accuracy'], dense['accuracy'], n):.1f} | "
@@ -80,10 +82,7 @@ def table(results: dict) -> list[str]:
 
 
 def plot(results: dict, stem: str = "distill") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     runs, lat = results.get("runs", {}), results.get("latency", {})
     if "dense" not in runs or "dense" not in lat:
@@ -95,7 +94,7 @@ def plot(results: dict, stem: str = "distill") -> None:
         for method, nn, h in widths(results):
             name = f"{key(method, nn, h)}-{variant}"
             if name in runs and name in lat:
-                xs.append(lat[name]["64"]["throughput"] / lat["dense"]["64"]["throughput"])
+                xs.append(throughput_speedup(lat[name]["64"], lat["dense"]["64"]))
                 ys.append(100 * (runs[name]["accuracy"] - dense))
                 es.append(100 * se_diff(runs[name]["accuracy"], dense, n))
         ax.errorbar(xs, ys, yerr=es, fmt=marker, capsize=3, label=f"trained on {variant}" if variant == "labels"
@@ -107,9 +106,7 @@ def plot(results: dict, stem: str = "distill") -> None:
     ax.set_title("MiniLM, sentiment tweets: compacted at 75 % neurons (± 1/3 heads)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(ROOT / "figures" / f"{stem}.{ext}", dpi=150)
-    plt.close(fig)
+    save_figure(fig, stem)
 
 
 def main():
@@ -121,7 +118,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads while timing")
     ap.add_argument("--repeats", type=int, default=16, help="timed forward passes at batch 1 (over all rounds)")
-    ap.add_argument("--rounds", type=int, default=4, help="round-robin rounds over the models")
+    ap.add_argument("--rounds", type=int, default=4, help="timing rounds (each pass paired with one of the dense model)")
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-distill")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--resume", action="store_true")
@@ -141,7 +138,8 @@ def main():
             ap.error(f"--variants: some of {VARIANTS}")
         settings = {k: getattr(args, k) for k in TRAIN_KEYS}
         settings.update(widths=chosen, variants=list(kinds), dense=str(args.dense) if args.dense else None,
-                        code=code_fingerprint("train", "graph", "compaction", "models.py"))
+                        code=code_fingerprint("train", "graph", "compaction", "models.py",
+                                              measured=(train_one, key)))
         settings = json.loads(json.dumps(settings))  # as the results file holds it (lists, not tuples)
         if not (args.resume and results.get("settings") == settings):
             results = {"settings": settings, "runs": {}, "latency": {}}
@@ -163,9 +161,9 @@ def main():
                     results["runs"][name] = train_one(method, nn, h, args, args.workdir, suffix=f"-{variant}{tag}",
                                                       distill={"teacher": teacher} if variant == "distilled" else None)
                     save_results(args.out, results)
-        torch.set_num_threads(args.threads)
-        models = {name: load_compact(Path(r["model"])).eval() for name, r in results["runs"].items()}
-        results["latency"] = measure_all(models, args)
+        order = ["dense"] + [n for n in results["runs"] if n != "dense"]  # the reference first
+        models = {name: load_compact(Path(results["runs"][name]["model"])).eval() for name in order}
+        results["latency"] = measure_all(models, args, args.threads)
         results["machine"] = {"cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__,
                               "rounds": args.rounds, "repeats": args.repeats}
         save_results(args.out, results)

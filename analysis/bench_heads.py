@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 
@@ -182,10 +183,7 @@ def table(res: dict) -> list[str]:
 
 
 def plot(res: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in res["fine_tuned"] if r["removed"]]
     if not rows:
@@ -203,9 +201,7 @@ def plot(res: dict) -> None:
     ax.set_title("MiniLM fine-tuned on sentiment tweets", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(ROOT / "figures" / f"heads.{ext}", dpi=150)
-    plt.close(fig)
+    save_figure(fig, "heads")
 
 
 def main():
@@ -230,7 +226,8 @@ def main():
         res = sweep(args)
         dense_cfg = json.loads((args.dense / "topoprune.json").read_text())["config"]
         res["settings"] = {"n_eval": args.n_eval, "n_train": args.n_train, "seed": args.seed, "dense": dense_cfg,
-                           "code": code_fingerprint("train", "graph", "models.py")}
+                           "code": code_fingerprint("train", "graph", "models.py", measured=(
+                               THETAS, SEEDS, ds_decisions, apply_ds, head_norms, zero_heads, accuracy, sweep))}
         with atomic_path(args.out) as tmp:
             tmp.write_text(json.dumps(res, indent=1))
     print("\n".join(table(res)))

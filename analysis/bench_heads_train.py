@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from analysis.bench_compact import load_results, save_results  # noqa: E402
+from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_heads_train.json"
@@ -89,10 +90,7 @@ def table(res: dict) -> list[str]:
 
 def plot(res: dict) -> None:
     """Accuracy against heads removed: dominating set (folded / zeroed) and lowest weight norm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     runs, n, dense = res.get("runs", {}), res["settings"]["n_eval"], res.get("dense_accuracy")
     if not runs:
@@ -114,9 +112,7 @@ def plot(res: dict) -> None:
     ax.set_title("MiniLM on sentiment tweets, heads pruned while fine-tuning", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(ROOT / "figures" / f"heads_train.{ext}", dpi=150)
-    plt.close(fig)
+    save_figure(fig, "heads_train")
 
 
 def main():
@@ -140,7 +136,8 @@ def main():
         if not set(chosen) <= set(RUNS):
             ap.error(f"--runs: some of {','.join(RUNS)}")
         settings = {k: getattr(args, k) for k in ("epochs", "lr", "n_train", "n_eval", "seed")}
-        settings["code"] = code_fingerprint("train", "graph", "compaction", "models.py")
+        settings["code"] = code_fingerprint("train", "graph", "compaction", "models.py",
+                                            measured=(RUNS, train_run))
         if not (args.resume and res.get("settings") == settings):
             res = {"settings": settings, "runs": {}}
         if (args.dense / "topoprune.json").is_file():

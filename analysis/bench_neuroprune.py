@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import topoprune  # noqa: E402
+from analysis.figsave import save_figure  # noqa: E402
 from topoprune.graph.config import AnalysisConfig, GraphConfig  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 from topoprune.train.run import TrainConfig, train  # noqa: E402
@@ -135,8 +136,7 @@ def plot(rows, n_eval: int):
     ax.set_ylabel("test accuracy")
     ax.set_title(f"MiniLM, positive vs negative tweets (n = {n_eval:,}, ±1 s.e.)", fontsize=10)
     ax.legend(frameon=False, fontsize=8, loc="lower left")
-    for fmt in ("png", "svg"):
-        fig.savefig(ROOT / "figures" / f"neuroprune_accuracy.{fmt}", format=fmt, dpi=120)
+    save_figure(fig, "neuroprune_accuracy", dpi=120)
 
 
 if __name__ == "__main__":

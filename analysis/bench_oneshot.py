@@ -62,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import topoprune  # noqa: E402
+from analysis.figsave import save_figure  # noqa: E402
 from topoprune.oneshot.calibration import perplexity, sample_windows, text_ids  # noqa: E402
 from topoprune.oneshot.prune import SETTINGS, OneShotConfig, prune  # noqa: E402
 from topoprune.models import load_causal_lm  # noqa: E402
@@ -433,12 +434,7 @@ def plot(rows: list[dict], directory: Path, stem: str, title: str) -> list[Path]
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(frameon=False, fontsize=7)
         ax_row[0].set_ylabel("perplexity (log scale)")
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "svg"):
-        paths.append(directory / f"{stem}.{ext}")
-        fig.savefig(paths[-1], format=ext, dpi=120)
-    return paths
+    return save_figure(fig, stem, dpi=120, directory=directory)
 
 
 if __name__ == "__main__":

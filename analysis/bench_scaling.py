@@ -261,13 +261,9 @@ def _duration(s: float) -> str:
 
 
 def plot(results: dict) -> None:
-    import matplotlib
+    from analysis.figsave import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from topoprune.io import atomic_path
-
+    plt = pyplot()
     sizes = sorted(results.get("checkpoints", {}), key=float)
     if not results.get("runs"):
         print("no scaling runs to plot")
@@ -297,11 +293,7 @@ def plot(results: dict) -> None:
     fig.suptitle(f"topoprune analyze, density {DENSITY}, {'/'.join(map(str, sorted(workers)))} workers, "
                  f"{results['machine']['nproc']} CPUs", fontsize=9)
     fig.tight_layout()
-    FIGURES.mkdir(exist_ok=True)
-    for ext in ("png", "svg"):
-        with atomic_path(FIGURES / f"scaling.{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=150)
-    plt.close(fig)
+    save_figure(fig, "scaling", directory=FIGURES)
 
 
 def main(argv=None) -> int:
@@ -337,7 +329,8 @@ def main(argv=None) -> int:
         if bad := [s for s in sizes if s not in SHAPES]:
             ap.error(f"--sizes: unknown size(s) {bad}; choose from {', '.join(SHAPES)}")
         settings = dict(density=DENSITY, dtype=DTYPE)
-        code = code_fingerprint("graph")
+        code = code_fingerprint("graph", measured=(SHAPES, DENSITY, DTYPE, KINDS, checkpoint, measure, rss_child,
+                                                   compare_cluster))
         if results.get("code") != code or results.get("settings") != settings:
             results = dict(code=code, settings=settings, runs={}, checkpoints={})  # other code: nothing kept
         elif not args.resume:  # measure this part afresh, keep the other

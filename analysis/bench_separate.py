@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from analysis.bench_compact import load_results, save_results  # noqa: E402
 from analysis.bench_neuroprune import mlp_connectivity  # noqa: E402
+from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_separate.json"
@@ -100,10 +101,7 @@ def table(res: dict) -> list[str]:
 
 
 def plot(res: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     settings = [s for s in res["settings"]["settings"] if any(r["setting"] == s for r in res["runs"].values())]
     if not settings:
@@ -124,9 +122,7 @@ def plot(res: dict) -> None:
         ax.set_title(setting, fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(ROOT / "figures" / f"separate.{ext}", dpi=150)
-    plt.close(fig)
+    save_figure(fig, "separate")
 
 
 def main():
@@ -148,7 +144,8 @@ def main():
             ap.error(f"--settings: some of {','.join(SETTINGS)}; --methods: some of {','.join(METHODS)}")
         targets = [float(t) for t in args.targets.split(",")]
         seeds = [int(s) for s in args.seeds.split(",")]
-        fixed = {"configs": {s: SETTINGS[s] for s in SETTINGS}, "code": code_fingerprint("train", "graph", "models.py")}
+        fixed = {"configs": {s: SETTINGS[s] for s in SETTINGS},
+                 "code": code_fingerprint("train", "graph", "models.py", measured=(SETTINGS, run_name, train_run))}
         if not (args.resume and {k: res.get("settings", {}).get(k) for k in fixed} == fixed):
             res = {"settings": {}, "runs": {}}
         res["settings"].update(fixed, settings=sorted(set(res["settings"].get("settings", [])) | set(settings),

@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from analysis.figsave import save_figure  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "ccdf_training.npz"
@@ -101,9 +102,7 @@ def plot(data: dict, meta: dict) -> None:
             ax.legend(fontsize="x-small", frameon=False, loc="lower left")
     fig.suptitle(f"MiniLM MLP in-degree CCDF over training, {meta.get('target', 0):.0%} sparsity at the end",
                  fontsize="medium")
-    for fmt in ("png", "svg"):
-        with atomic_path(ROOT / "figures" / f"ccdf_training.{fmt}") as tmp:
-            fig.savefig(tmp, format=fmt, dpi=120)
+    save_figure(fig, "ccdf_training", dpi=120)
 
 
 def main():

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from analysis.bench_compact import load_results, save_results  # noqa: E402
 from analysis.bench_neuroprune import mlp_connectivity  # noqa: E402
+from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "frontier.json"
@@ -103,10 +104,7 @@ def table(res: dict) -> list[str]:
 
 
 def plot(res: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     runs, n = res["runs"], res["settings"]["n_eval"]
     se = lambda p: 100 * math.sqrt(p * (1 - p) / n)  # noqa: E731
@@ -132,9 +130,7 @@ def plot(res: dict) -> None:
     ax.legend(fontsize=7)
     fig.suptitle("MiniLM, sentiment tweets, 3 epochs: paper-mode NeuroPrune against GMP, l1 and random", fontsize=9)
     fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(ROOT / "figures" / f"frontier.{ext}", dpi=150)
-    plt.close(fig)
+    save_figure(fig, "frontier")
 
 
 def main():
@@ -153,7 +149,8 @@ def main():
         if not set(args.baselines) <= set(BASELINES):
             ap.error(f"--baselines: some of {','.join(BASELINES)}")
         # a run's name holds its alpha and method: a resumed grid may add alphas or baselines
-        settings = {"n_eval": args.n_eval, "seed": args.seed, "code": code_fingerprint("train", "graph", "models.py")}
+        settings = {"n_eval": args.n_eval, "seed": args.seed,
+                    "code": code_fingerprint("train", "graph", "models.py", measured=(train_run, plan))}
         old = res.get("settings", {})
         if not (args.resume and all(old.get(k) == v for k, v in settings.items())):
             res = {"settings": settings, "runs": {}}

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from bench_oneshot import ROOT, load_done, machine, write_results  # noqa: E402 (same folder)
 
+from analysis.figsave import save_figure  # noqa: E402 (ROOT is on the path)
+
 from topoprune.oneshot.calibration import perplexity, sample_windows, text_ids  # noqa: E402
 from topoprune.oneshot.prune import OneShotConfig, prune  # noqa: E402
 from topoprune.models import load_causal_lm  # noqa: E402
@@ -71,8 +73,7 @@ def plot(rows: list[dict], args, path: Path) -> None:
         ax.legend(frameon=False, fontsize=8)
     name = "SmolLM2-135M" if args.model == "smollm2" else args.model
     fig.suptitle(f"{name}, {args.method} at {args.sparsity:.0%}: OWL's sensitivity to λ and M", fontsize=10)
-    for fmt in ("png", "svg"):
-        fig.savefig(path.with_suffix(f".{fmt}"), format=fmt, dpi=120)
+    save_figure(fig, path.stem, dpi=120, directory=path.parent)
 
 
 def best_lambda(rows: list[dict], args) -> float:

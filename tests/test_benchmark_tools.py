@@ -1,0 +1,68 @@
+"""The benchmarks' shared tools: the code fingerprint that invalidates stored results, and figure saving."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from analysis.figsave import save_figure  # noqa: E402
+from analysis.fingerprint import code_fingerprint  # noqa: E402
+
+MEASURE = "def measure(x):\n    return x * {factor}\n"
+PLOT = "def plot(x):\n    return '{label}'\n"
+
+
+def _module(tmp_path: Path, name: str, factor: int, label: str):
+    path = tmp_path / f"{name}.py"
+    path.write_text(MEASURE.format(factor=factor) + "\n\n" + PLOT.format(label=label))
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_fingerprint_follows_the_measuring_code_only(tmp_path):
+    base = _module(tmp_path, "bench_a", 2, "first title")
+    relabelled = _module(tmp_path, "bench_b", 2, "another title")  # only the plotting differs
+    remeasured = _module(tmp_path, "bench_c", 3, "first title")  # the measurement differs
+    settings = {"tweets": {"epochs": 1.0}}
+    fp = code_fingerprint("models.py", measured=(settings, base.measure))
+    assert fp == code_fingerprint("models.py", measured=(settings, relabelled.measure))
+    assert fp != code_fingerprint("models.py", measured=(settings, remeasured.measure))
+    assert fp != code_fingerprint("models.py", measured=({"tweets": {"epochs": 2.0}}, base.measure))
+    assert fp != code_fingerprint("graph", measured=(settings, base.measure))  # the package part counts
+    assert len(fp) == 16 and int(fp, 16) >= 0
+
+
+def test_fingerprint_without_measured_code_is_the_whole_caller():
+    # called from this file: its text is part of the hash, so it differs from the named-code form
+    named = code_fingerprint("models.py", measured=(test_fingerprint_follows_the_measuring_code_only,))
+    assert code_fingerprint("models.py") != named
+    assert code_fingerprint("models.py") == code_fingerprint("models.py")
+
+
+def test_save_figure_writes_png_and_svg_atomically(tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 2))
+    fig.subplots().plot([0, 1], [1, 0])
+    paths = save_figure(fig, "probe", dpi=50, directory=tmp_path / "figs")
+    assert [p.name for p in paths] == ["probe.png", "probe.svg"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in paths[1].read_bytes()[:1000]
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["probe.png", "probe.svg"]  # no temporaries
+
+
+def test_save_figure_keeps_the_old_figure_when_saving_fails(tmp_path):
+    from matplotlib.figure import Figure
+
+    (tmp_path / "probe.png").write_bytes(b"old")
+    fig = Figure()
+    fig.savefig = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full"))
+    with pytest.raises(RuntimeError):
+        save_figure(fig, "probe", directory=tmp_path)
+    assert (tmp_path / "probe.png").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.png"]
