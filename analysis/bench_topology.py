@@ -88,7 +88,7 @@ def main():
     ap.add_argument("--plot-only", action="store_true", help="print the table from the results file")
     args = ap.parse_args()
     settings = {"every": args.every, "models": MODELS, "cpus": os.cpu_count(),
-                "code": code_fingerprint("train", "graph", "models.py")}
+                "code": code_fingerprint("train", "graph", "models.py", measured=(MODES, MODELS, run_one))}
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if args.plot_only:
         print("\n".join(summarize(results)))
