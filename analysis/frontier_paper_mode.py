@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import os
 import sys
 from pathlib import Path
@@ -92,8 +93,14 @@ def table(res: dict) -> list[str]:
     se = lambda p: math.sqrt(p * (1 - p) / n)  # noqa: E731
     lines = [("| run | method | alpha | beta | MLP sparsity | Q,K,V sparsity | test accuracy | vs dense (± s.e.) "
              "| conn. sd (%) |"), "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in runs.items():
-        c = r["neuroprune"]
+    order = {"paper": 0, "gmp": 1, "l1": 2, "random": 3}
+
+    def rank(name: str) -> tuple:  # dense first, then by alpha: paper mode (beta 0, then beta), baselines
+        m = re.match(r"(\w+)-a([\d.e-]+?)(?:-b([\d.e-]+))?$", name)
+        return (0,) if not m else (1, float(m[2]), order.get(m[1], 9), float(m[3] or 0))
+
+    for name in sorted(runs, key=rank):
+        r, c = runs[name], runs[name]["neuroprune"]
         d = (f"{100 * (r['accuracy'] - dense):+.1f} ± {100 * math.hypot(se(r['accuracy']), se(dense)):.1f}"
              if dense is not None and name != "dense" else "")
         alpha = format(c["mlp_weight"], "g") if "mlp_weight" in c else "-"
