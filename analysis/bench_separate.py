@@ -6,9 +6,11 @@ others (``bench_neuroprune.py``). Two settings that can rank them:
 * ``tweets3``: MiniLM on all the negative/neutral/positive tweets of the corpus (37,197 distinct
   tweets: about 29,800 training and 7,400 test tweets; one standard error about 0.5 points at
   70 % accuracy), one epoch, lr 1e-4, at 50 % and 70 % MLP sparsity;
-* ``ptb``: causal-LM sparse fine-tuning of SmolLM2-135M on Penn Treebank (blocks of 128 tokens;
-  perplexity on held-out PTB blocks, far more sensitive than accuracy), at 50 % and 70 % MLP
-  sparsity.
+* ``ptb``: causal-LM sparse fine-tuning of SmolLM2-135M on Penn Treebank, 480 training blocks of
+  128 tokens (60 steps of 8 blocks, lr 1e-4; about 11 minutes a run on 2 cores), at 50 % and 70 %
+  MLP sparsity. Perplexity on the first 200 blocks of PTB validation, far more sensitive than
+  accuracy; the loss of every block is kept, so that two methods are compared block by block
+  (the standard error of a paired difference, much smaller than that of either perplexity).
 
 Methods: NeuroPrune in target mode (keep-score |w| * c_i, the preferential-attachment penalty,
 dominating-set head pruning; Dhurandhar et al., Findings of ACL 2024, arXiv 2404.01306), GMP (Zhu
@@ -45,7 +47,7 @@ RESULTS = ROOT / "analysis" / "results" / "bench_separate.json"
 SETTINGS = {
     "tweets3": {"model": "minilm", "data": "tweets3", "n_train": None, "n_eval": None, "epochs": 1.0, "lr": 1e-4,
                 "batch_size": 32, "max_length": 64},
-    "ptb": {"model": "smollm2", "data": "ptb", "n_train": 1600, "n_eval": 200, "epochs": 1.0, "lr": 5e-5,
+    "ptb": {"model": "smollm2", "data": "ptb", "n_train": 480, "n_eval": 200, "epochs": 1.0, "lr": 1e-4,
             "batch_size": 8, "max_length": 128},
 }
 METHODS = ("neuroprune", "gmp", "l1", "random")
@@ -53,6 +55,28 @@ METHODS = ("neuroprune", "gmp", "l1", "random")
 
 def run_name(setting: str, method: str, target: float | None, seed: int) -> str:
     return f"{setting}-{method}" + (f"-{target:g}" if target else "") + f"-s{seed}"
+
+
+def block_losses(model_dir: Path, n_blocks: int, block_size: int, batch: int = 8) -> list[float]:
+    """Mean next-token cross-entropy of each held-out PTB block (the evaluation blocks of the run), so
+    that two methods can be compared block by block (a paired standard error of their difference)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from topoprune.train.data import penn_treebank
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([ex["input_ids"] for ex in penn_treebank(tok, block_size=block_size,
+                                                                 n_train_blocks=1, n_eval_blocks=n_blocks).eval])
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(ids), batch):
+            x = ids[i:i + batch]  # [B, T]
+            logits = model(input_ids=x).logits[:, :-1]  # [B, T-1, V]
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")  # [B, T-1]
+            out += nll.mean(dim=1).tolist()
+    return out
 
 
 def train_run(setting: str, method: str, target: float | None, seed: int, args) -> dict:
@@ -72,8 +96,19 @@ def train_run(setting: str, method: str, target: float | None, seed: int, args) 
            "n_eval": int(re.search(r"/ (\d+)", rec["data"]).group(1)) if re.search(r"/ (\d+)", rec["data"]) else None,
            "heads": sum(rec["heads_remaining"].values()), "wall_seconds": time.perf_counter() - t0,
            **mlp_connectivity(out / "model", 1e-4)}
-    print(json.dumps(row), flush=True)
+    if SETTINGS[setting]["data"] == "ptb":
+        row["block_losses"] = block_losses(out / "model", SETTINGS[setting]["n_eval"], SETTINGS[setting]["max_length"])
+    print(json.dumps({k: v for k, v in row.items() if k != "block_losses"}), flush=True)
     return row
+
+
+def paired_change(losses: list[float], reference: list[float]) -> tuple[float, float]:
+    """Perplexity change (%) of one run against another on the same held-out blocks, and its standard
+    error: the mean and s.e. of the per-block loss differences d, mapped by 100 (exp(d) - 1)."""
+    d = [a - b for a, b in zip(losses, reference)]
+    mean = sum(d) / len(d)
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+    return 100 * math.expm1(mean), 100 * math.exp(mean) * se
 
 
 def table(res: dict) -> list[str]:
@@ -83,8 +118,10 @@ def table(res: dict) -> list[str]:
         if not rows:
             continue
         metric = "accuracy" if setting != "ptb" else "perplexity"
+        paired = metric == "perplexity"
         lines += [f"**{setting}**", "", (f"| method | MLP sparsity | {metric} (mean over seeds) | seeds | spread "
-                  "| conn. sd (%) |"), "|---|---|---|---|---|---|"]
+                  "| conn. sd (%) |" + (" vs GMP, same blocks (± s.e.) |" if paired else "")),
+                  "|---|---|---|---|---|---|" + ("---|" if paired else "")]
         groups: dict = {}
         for r in rows:
             groups.setdefault((r["method"], r["target"]), []).append(r)
@@ -94,8 +131,14 @@ def table(res: dict) -> list[str]:
             spread = f"{min(vals):.4g}–{max(vals):.4g}" if len(vals) > 1 else "-"
             n = rs[0].get("n_eval")
             se = f" ± {math.sqrt(mean * (1 - mean) / n):.3f}" if metric == "accuracy" and n else ""
-            lines.append(f"| {method} | {rs[0]['mlp_sparsity']:.1%} | {mean:.4g}{se} | {len(rs)} | {spread} | "
-                         f"{sum(r['conn_sd_percent'] for r in rs) / len(rs):.2f} |")
+            cells = [method, f"{rs[0]['mlp_sparsity']:.1%}", f"{mean:.4g}{se}", str(len(rs)), spread,
+                     f"{sum(r['conn_sd_percent'] for r in rs) / len(rs):.2f}"]
+            if paired:  # first seed of each: the same blocks, so the difference is paired
+                ref = groups.get(("gmp", target), [{}])[0].get("block_losses")
+                mine = rs[0].get("block_losses")
+                cells.append(f"{paired_change(mine, ref)[0]:+.1f} % ± {paired_change(mine, ref)[1]:.1f}"
+                             if mine and ref and method != "gmp" else "")
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
@@ -145,7 +188,8 @@ def main():
         targets = [float(t) for t in args.targets.split(",")]
         seeds = [int(s) for s in args.seeds.split(",")]
         fixed = {"configs": {s: SETTINGS[s] for s in SETTINGS},
-                 "code": code_fingerprint("train", "graph", "models.py", measured=(SETTINGS, run_name, train_run))}
+                 "code": code_fingerprint("train", "graph", "models.py",
+                                          measured=(SETTINGS, run_name, block_losses, train_run))}
         if not (args.resume and {k: res.get("settings", {}).get(k) for k in fixed} == fixed):
             res = {"settings": {}, "runs": {}}
         res["settings"].update(fixed, settings=sorted(set(res["settings"].get("settings", [])) | set(settings),

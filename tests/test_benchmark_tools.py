@@ -1,5 +1,6 @@
 """The benchmarks' shared tools: the code fingerprint that invalidates stored results, and figure saving."""
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -66,3 +67,15 @@ def test_save_figure_keeps_the_old_figure_when_saving_fails(tmp_path):
         save_figure(fig, "probe", directory=tmp_path)
     assert (tmp_path / "probe.png").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.png"]
+
+
+def test_paired_perplexity_change_of_the_separating_benchmark():
+    from analysis.bench_separate import paired_change
+
+    ref = [4.0, 5.0, 6.0, 5.5]
+    change, se = paired_change([x + 0.1 for x in ref], ref)  # every block 0.1 nats worse
+    assert change == pytest.approx(100 * (math.exp(0.1) - 1)) and se == pytest.approx(0.0, abs=1e-9)
+    d = [0.1, -0.1, 0.3, 0.1]  # mean 0.1, sample sd 0.1633
+    change, se = paired_change([a + b for a, b in zip(ref, d)], ref)
+    assert change == pytest.approx(100 * (math.exp(0.1) - 1))
+    assert se == pytest.approx(100 * math.exp(0.1) * 0.16330 / 2, rel=1e-3)
