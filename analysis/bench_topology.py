@@ -1,6 +1,6 @@
 """Cost of topology snapshots during training: off, in a background process, and in the training loop.
 
-The same short NeuroPrune run (target mode, 50 % of the attention and MLP weights by the end of
+The same short NeuroPrune run (target mode, 50 % of the MLP weights by the end of
 its schedule) is trained three ways, side by side in one process, the three modes interleaved
 and repeated:
 

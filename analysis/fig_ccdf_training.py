@@ -107,7 +107,7 @@ def plot(data: dict, meta: dict) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", type=float, default=0.7, help="sparsity of every attention and MLP matrix")
+    ap.add_argument("--target", type=float, default=0.7, help="sparsity of every MLP matrix (attention stays dense)")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--n-train", type=int, default=2000)
