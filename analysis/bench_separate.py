@@ -136,7 +136,7 @@ def table(res: dict) -> list[str]:
             if paired:  # first seed of each: the same blocks, so the difference is paired
                 ref = groups.get(("gmp", target), [{}])[0].get("block_losses")
                 mine = rs[0].get("block_losses")
-                cells.append(f"{paired_change(mine, ref)[0]:+.1f} % ± {paired_change(mine, ref)[1]:.1f}"
+                cells.append(f"{paired_change(mine, ref)[0]:+.2f} % ± {paired_change(mine, ref)[1]:.2f}"
                              if mine and ref and method != "gmp" else "")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
