@@ -136,8 +136,8 @@ def table(res: dict) -> list[str]:
             if paired:  # first seed of each: the same blocks, so the difference is paired
                 ref = groups.get(("gmp", target), [{}])[0].get("block_losses")
                 mine = rs[0].get("block_losses")
-                cells.append(f"{paired_change(mine, ref)[0]:+.2f} % ± {paired_change(mine, ref)[1]:.2f}"
-                             if mine and ref and method != "gmp" else "")
+                change = paired_change(mine, ref) if mine and ref and method != "gmp" else None
+                cells.append(f"{change[0]:+.2f} % ± {change[1]:.2f}" if change else "")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
