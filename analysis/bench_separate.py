@@ -5,7 +5,9 @@ others (``bench_neuroprune.py``). Two settings that can rank them:
 
 * ``tweets3``: MiniLM on all the negative/neutral/positive tweets of the corpus (37,197 distinct
   tweets: about 29,800 training and 7,400 test tweets; one standard error about 0.5 points at
-  70 % accuracy), one epoch, lr 1e-4, at 50 % and 70 % MLP sparsity;
+  70 % accuracy), one epoch, lr 1e-4, at 50 % and 70 % MLP sparsity. Whether each test tweet is
+  classified correctly is kept, so that two methods are compared tweet by tweet (the standard error
+  of the paired difference counts only the tweets on which they disagree);
 * ``ptb``: causal-LM sparse fine-tuning of SmolLM2-135M on Penn Treebank, 480 training blocks of
   128 tokens (60 steps of 8 blocks, lr 1e-4; about 11 minutes a run on 2 cores), at 50 % and 70 %
   MLP sparsity. Perplexity on the first 200 blocks of PTB validation, far more sensitive than
@@ -16,8 +18,9 @@ Methods: NeuroPrune in target mode (keep-score |w| * c_i, the preferential-attac
 dominating-set head pruning; Dhurandhar et al., Findings of ACL 2024, arXiv 2404.01306), GMP (Zhu
 & Gupta 2017, arXiv 1710.01878), l1 and random masks, every one with the same data, steps,
 learning rate, schedule (cubic, ending at 75 % of training) and seed; plus dense fine-tuning.
-``--seeds 0,1`` repeats the runs with other seeds (the split stays the same; the seed changes the
-classifier's initialisation, the data order and the random masks).
+``--seeds 0,1`` repeats the runs with other seeds (the seed changes the classifier's
+initialisation, the data order and the random masks, and for ``tweets3`` the train/test split;
+methods are paired within a seed).
 
 Results: ``analysis/results/bench_separate.json`` (rewritten after every run; ``--resume`` keeps
 runs made by the same code and settings); figure ``figures/separate.{png,svg}``.
@@ -79,6 +82,32 @@ def block_losses(model_dir: Path, n_blocks: int, block_size: int, batch: int = 8
     return out
 
 
+def example_correct(model_dir: Path, setting: str, seed: int, batch: int = 64) -> str:
+    """Whether the model classifies each held-out tweet of the run correctly, as a string of 0/1 in
+    the order of the evaluation split, so that two methods can be compared tweet by tweet."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from topoprune.train.data import load_task
+
+    cfg = SETTINGS[setting]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    data = load_task(cfg["data"], tok, max_length=cfg["max_length"], n_train=cfg["n_train"], n_eval=cfg["n_eval"],
+                     seed=seed)
+    items = [data.eval[j] for j in range(len(data.eval))]
+    order = sorted(range(len(items)), key=lambda j: len(items[j]["input_ids"]))  # batches of like length
+    correct = [False] * len(items)
+    with torch.inference_mode():
+        for i in range(0, len(order), batch):
+            x = data.collator([items[j] for j in order[i:i + batch]])
+            labels = x.pop("labels")  # [B]
+            hits = (model(**x).logits.argmax(-1) == labels).tolist()  # logits [B, classes]
+            for j, hit in zip(order[i:i + batch], hits):
+                correct[j] = hit
+    return "".join("1" if c else "0" for c in correct)
+
+
 def train_run(setting: str, method: str, target: float | None, seed: int, args) -> dict:
     from topoprune.train.run import TrainConfig, train
 
@@ -98,7 +127,14 @@ def train_run(setting: str, method: str, target: float | None, seed: int, args) 
            **mlp_connectivity(out / "model", 1e-4)}
     if SETTINGS[setting]["data"] == "ptb":
         row["block_losses"] = block_losses(out / "model", SETTINGS[setting]["n_eval"], SETTINGS[setting]["max_length"])
-    print(json.dumps({k: v for k, v in row.items() if k != "block_losses"}), flush=True)
+    else:
+        correct = example_correct(out / "model", setting, seed)
+        if abs(correct.count("1") / len(correct) - row["accuracy"]) <= 1e-3:
+            row["correct"] = correct
+        else:  # not the trainer's evaluation: no paired comparison rather than a wrong one
+            print(f"{out.name}: the saved model's accuracy {correct.count('1') / len(correct):.4f} is not the "
+                  f"trainer's {row['accuracy']:.4f}; no per-tweet comparison kept", file=sys.stderr)
+    print(json.dumps({k: v for k, v in row.items() if k not in ("block_losses", "correct")}), flush=True)
     return row
 
 
@@ -111,6 +147,15 @@ def paired_change(losses: list[float], reference: list[float]) -> tuple[float, f
     return 100 * math.expm1(mean), 100 * math.exp(mean) * se
 
 
+def paired_accuracy(correct: str, reference: str) -> tuple[float, float]:
+    """Accuracy difference (points) of one run against another on the same held-out examples, and its
+    standard error: the mean and s.e. of the per-example differences d in {-1, 0, 1}, times 100."""
+    d = [int(a) - int(b) for a, b in zip(correct, reference, strict=True)]
+    mean = sum(d) / len(d)
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+    return 100 * mean, 100 * se
+
+
 def table(res: dict) -> list[str]:
     lines = []
     for setting in res["settings"]["settings"]:
@@ -118,10 +163,10 @@ def table(res: dict) -> list[str]:
         if not rows:
             continue
         metric = "accuracy" if setting != "ptb" else "perplexity"
-        paired = metric == "perplexity"
+        field, unit, compare = (("block_losses", "blocks", paired_change) if metric == "perplexity"
+                                else ("correct", "tweets", paired_accuracy))
         lines += [f"**{setting}**", "", (f"| method | MLP sparsity | {metric} (mean over seeds) | seeds | spread "
-                  "| conn. sd (%) |" + (" vs GMP, same blocks (± s.e.) |" if paired else "")),
-                  "|---|---|---|---|---|---|" + ("---|" if paired else "")]
+                  f"| conn. sd (%) | vs GMP, same {unit} (± s.e.) |"), "|---|---|---|---|---|---|---|"]
         groups: dict = {}
         for r in rows:
             groups.setdefault((r["method"], r["target"]), []).append(r)
@@ -133,37 +178,62 @@ def table(res: dict) -> list[str]:
             se = f" ± {math.sqrt(mean * (1 - mean) / n):.3f}" if metric == "accuracy" and n else ""
             cells = [method, f"{rs[0]['mlp_sparsity']:.1%}", f"{mean:.4g}{se}", str(len(rs)), spread,
                      f"{sum(r['conn_sd_percent'] for r in rs) / len(rs):.2f}"]
-            if paired:  # first seed of each: the same blocks, so the difference is paired
-                ref = groups.get(("gmp", target), [{}])[0].get("block_losses")
-                mine = rs[0].get("block_losses")
-                change = paired_change(mine, ref) if mine and ref and method != "gmp" else None
-                cells.append(f"{change[0]:+.2f} % ± {change[1]:.2f}" if change else "")
+            # first seed of each: the same held-out examples, so the difference is paired
+            ref = groups.get(("gmp", target), [{}])[0].get(field)
+            mine = rs[0].get(field)
+            change = compare(mine, ref) if mine and ref and method != "gmp" else None
+            suffix = " %" if metric == "perplexity" else " pt"
+            cells.append(f"{change[0]:+.2f}{suffix} ± {change[1]:.2f}" if change else "")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
 
 def plot(res: dict) -> None:
+    """Per setting: the metric of each run (log scale for perplexity), and below it each method's
+    paired difference from GMP at the same sparsity with its standard error (random masks, far off
+    that scale, are named instead of drawn)."""
     plt = pyplot()
 
     settings = [s for s in res["settings"]["settings"] if any(r["setting"] == s for r in res["runs"].values())]
     if not settings:
         return
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.8 * len(settings), 3.6), squeeze=False)
-    for ax, setting in zip(axes[0], settings):
+    fig, axes = plt.subplots(2, len(settings), figsize=(4.8 * len(settings), 6.4), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 2]})
+    for col, setting in enumerate(settings):
+        ax, bx = axes[0][col], axes[1][col]
         metric = "accuracy" if setting != "ptb" else "perplexity"
+        field, compare, unit = (("block_losses", paired_change, "%") if metric == "perplexity"
+                                else ("correct", paired_accuracy, "points"))
         rows = [r for r in res["runs"].values() if r["setting"] == setting]
         dense = [r[metric] for r in rows if r["method"] == "dense"]
         if dense:
             ax.axhline(sum(dense) / len(dense), color="0.5", ls=":", lw=0.8, label="dense")
+        first = {(r["method"], r["target"]): r for r in sorted(rows, key=lambda r: r["seed"], reverse=True)}
+        off_scale = []
         for i, (method, marker) in enumerate(zip(METHODS, "os^x")):
             pts = [(100 * r["target"] + 1.2 * (i - 1.5), r[metric]) for r in rows if r["method"] == method]
             if pts:
-                ax.plot(*zip(*pts), marker=marker, ls="none", label=method)
-        ax.set_xlabel("MLP sparsity (%; methods offset)")
+                ax.plot(*zip(*pts), marker=marker, ls="none", label=method, color=f"C{i}")
+            for (m, target), r in sorted(first.items(), key=lambda kv: kv[0][1] or 0):
+                ref = first.get(("gmp", target), {}).get(field)
+                if m != method or method == "gmp" or not ref or not r.get(field):
+                    continue
+                change, se = compare(r[field], ref)
+                if method == "random":
+                    off_scale.append(f"random at {target:.0%}: {change:+.0f} {unit}")
+                    continue
+                bx.errorbar(100 * target + 1.2 * (i - 1.5), change, yerr=se, marker=marker, color=f"C{i}", capsize=3)
+        if metric == "perplexity":
+            ax.set_yscale("log")
         ax.set_ylabel(metric)
         ax.set_title(setting, fontsize=9)
         ax.legend(fontsize=7)
+        bx.axhline(0, color="C1", lw=0.8)
+        bx.set_ylabel(f"vs GMP, same {'blocks' if metric == 'perplexity' else 'tweets'} ({unit})", fontsize=8)
+        bx.set_xlabel("MLP sparsity (%; methods offset)")
+        if off_scale:
+            bx.text(0.02, 0.04, "; ".join(off_scale), transform=bx.transAxes, fontsize=6, color="C3")
     fig.tight_layout()
     save_figure(fig, "separate")
 
@@ -189,7 +259,8 @@ def main():
         seeds = [int(s) for s in args.seeds.split(",")]
         fixed = {"configs": {s: SETTINGS[s] for s in SETTINGS},
                  "code": code_fingerprint("train", "graph", "models.py",
-                                          measured=(SETTINGS, run_name, block_losses, train_run))}
+                                          measured=(SETTINGS, run_name, block_losses, example_correct,
+                                                    train_run))}
         if not (args.resume and {k: res.get("settings", {}).get(k) for k in fixed} == fixed):
             res = {"settings": {}, "runs": {}}
         res["settings"].update(fixed, settings=sorted(set(res["settings"].get("settings", [])) | set(settings),

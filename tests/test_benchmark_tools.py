@@ -79,3 +79,16 @@ def test_paired_perplexity_change_of_the_separating_benchmark():
     change, se = paired_change([a + b for a, b in zip(ref, d)], ref)
     assert change == pytest.approx(100 * (math.exp(0.1) - 1))
     assert se == pytest.approx(100 * math.exp(0.1) * 0.16330 / 2, rel=1e-3)
+
+
+def test_paired_accuracy_difference_of_the_separating_benchmark():
+    from analysis.bench_separate import paired_accuracy
+
+    diff, se = paired_accuracy("1111", "1111")
+    assert diff == 0.0 and se == 0.0
+    diff, se = paired_accuracy("1100", "1010")  # d = 0, 1, -1, 0: mean 0, sample sd sqrt(2/3)
+    assert diff == 0.0 and se == pytest.approx(100 * math.sqrt(2 / 3) / 2)
+    diff, se = paired_accuracy("1110", "0110")  # d = 1, 0, 0, 0: mean 0.25, sample sd 0.5
+    assert diff == pytest.approx(25.0) and se == pytest.approx(100 * 0.5 / 2)
+    with pytest.raises(ValueError):  # different held-out sets are never paired
+        paired_accuracy("101", "10")

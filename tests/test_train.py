@@ -1,6 +1,7 @@
 """`topoprune train` end to end on tiny models: outputs, baselines, bad input, resume, 2-process DDP."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +199,13 @@ def test_python_train_takes_extra_callbacks_and_topology_sync(tmp_path):
 
     history = pd.read_csv(tmp_path / "run" / "topology_history.csv")
     assert list(history["step"]) == [2, 4] and history["mlp/modularity"].notna().all()  # computed in the loop
+
+
+@pytest.mark.parametrize("data", ["tweets", "tweets3"])
+def test_sample_sizes_and_seed_reach_every_builtin_tweet_task(tmp_path, data):
+    from topoprune.train.run import TrainConfig, train
+
+    cfg = TrainConfig(model="tiny-bert", data=data, out=str(tmp_path / "run"), max_steps=1, n_train=24, n_eval=12,
+                      batch_size=8, topology_every=0, seed=3)
+    rec = train(cfg, progress=False)
+    assert re.search(r": 24 \(.*\) train / 12 \(", rec["data"]) and "seed=3" in rec["data"]

@@ -399,10 +399,10 @@ def from_hub(name: str, config: str | None = None, *, split: str = "train", eval
 
 #: The three sentiments of the tweet corpus, in label-id order.
 THREE_CLASSES = ("negative", "neutral", "positive")
-_BUILTIN = {"tweets": (sentiment_tweets, "classification"),
-            "tweets3": (functools.partial(sentiment_tweets, labels=THREE_CLASSES), "classification"),
-            "ptb": (penn_treebank, "causal_lm"),
-            "ptb-span": (span_corruption, "seq2seq")}
+BUILTIN_DATA = {"tweets": (sentiment_tweets, "classification"),
+                "tweets3": (functools.partial(sentiment_tweets, labels=THREE_CLASSES), "classification"),
+                "ptb": (penn_treebank, "causal_lm"),
+                "ptb-span": (span_corruption, "seq2seq")}
 _ALIASES = {"ptb": {"max_length": "block_size", "n_train": "n_train_blocks", "n_eval": "n_eval_blocks"},
             "ptb-span": {"max_length": "block_size"}}
 
@@ -421,8 +421,8 @@ def load_task(spec: str, tokenizer, **kw) -> TaskData:
     """
     kw = {k: v for k, v in kw.items() if v is not None}
     args: tuple = ()
-    if spec in _BUILTIN:
-        fn, task = _BUILTIN[spec]
+    if spec in BUILTIN_DATA:
+        fn, task = BUILTIN_DATA[spec]
         if kw.pop("task", task) != task:
             raise ConfigError(f"data {spec!r} is a {task} task")
         kw = {_ALIASES.get(spec, {}).get(k, k): v for k, v in kw.items() if not (spec == "ptb" and k == "seed")}

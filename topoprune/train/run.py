@@ -255,7 +255,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     from ..io import atomic_path
     from .callbacks import NeuroPruneTrainer
-    from .data import load_task
+    from .data import BUILTIN_DATA, load_task
     from .rundir import RunDir
 
     announce = announce or log.info
@@ -274,7 +274,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     if config.data == "ptb-span":
         tokenizer.add_special_tokens({"additional_special_tokens": [f"<extra_id_{i}>" for i in range(100)]})
     sizes = dict(n_train=config.n_train, n_eval=config.n_eval, seed=config.seed) \
-        if config.data in ("tweets", "ptb", "ptb-span") else {}  # user files are used whole
+        if config.data in BUILTIN_DATA else {}  # user files are used whole
     data = load_task(config.data, tokenizer, max_length=config.max_length, **sizes)
     set_seed(config.seed)  # before the model is built: a new head's initialisation depends on it
     model = build_model(config.model, data.task, tokenizer, data.num_labels, config.seed)
