@@ -19,9 +19,11 @@ Methods: NeuroPrune in target mode (keep-score |w| * c_i, the preferential-attac
 dominating-set head pruning; Dhurandhar et al., Findings of ACL 2024, arXiv 2404.01306), GMP (Zhu
 & Gupta 2017, arXiv 1710.01878), l1 and random masks, every one with the same data, steps,
 learning rate, schedule (cubic, ending at 75 % of training) and seed; plus dense fine-tuning.
-``--seeds 0,1`` repeats the runs with other seeds (the seed changes the classifier's
+``--grid core`` (the default, about 3 hours on 2 cores) or ``extended`` (random masks and a second
+seed, about 1.6 hours more) names the runs; ``--settings``, ``--methods``, ``--targets`` and
+``--seeds`` choose every combination of theirs instead. A second seed changes the classifier's
 initialisation, the data order and the random masks, and for ``tweets3`` the train/test split;
-methods are paired within a seed).
+methods are paired within a seed.
 
 Results: ``analysis/results/bench_separate.json`` (rewritten after every run; ``--resume`` keeps
 runs made by the same code and settings); figure ``figures/separate.{png,svg}``.
@@ -157,6 +159,25 @@ def paired_accuracy(correct: str, reference: str) -> tuple[float, float]:
     return 100 * mean, 100 * se
 
 
+def paired_over_seeds(groups: dict, method: str, target: float | None, field: str, compare):
+    """A method's paired difference from GMP at the same sparsity, over the seeds both were run with.
+
+    Each seed's runs share their held-out examples (the split is drawn with the seed), so each seed
+    gives a paired difference and its standard error; the result is their mean, the standard error of
+    that mean (sqrt(sum se_i^2) / k, the seeds' test noise being independent), and the per-seed
+    differences (whose spread shows the training noise). ``None`` where no seed has both runs.
+    """
+    gmp = {r["seed"]: r.get(field) for r in groups.get(("gmp", target), [])}
+    per_seed = [compare(r[field], gmp[r["seed"]]) for r in sorted(groups.get((method, target), []),
+                                                                      key=lambda r: r["seed"])
+                if r.get(field) and gmp.get(r["seed"])]
+    if not per_seed:
+        return None
+    k = len(per_seed)
+    return (sum(c for c, _ in per_seed) / k, math.sqrt(sum(se * se for _, se in per_seed)) / k,
+            [c for c, _ in per_seed])
+
+
 def table(res: dict) -> list[str]:
     lines = []
     for setting in res["settings"]["settings"]:
@@ -179,12 +200,11 @@ def table(res: dict) -> list[str]:
             se = f" ± {math.sqrt(mean * (1 - mean) / n):.3f}" if metric == "accuracy" and n else ""
             cells = [method, f"{rs[0]['mlp_sparsity']:.1%}", f"{mean:.4g}{se}", str(len(rs)), spread,
                      f"{sum(r['conn_sd_percent'] for r in rs) / len(rs):.2f}"]
-            # first seed of each: the same held-out examples, so the difference is paired
-            ref = groups.get(("gmp", target), [{}])[0].get(field)
-            mine = rs[0].get(field)
-            change = compare(mine, ref) if mine and ref and method != "gmp" else None
+            change = paired_over_seeds(groups, method, target, field, compare) if method != "gmp" else None
             suffix = " %" if metric == "perplexity" else " pt"
             cells.append(f"{change[0]:+.2f}{suffix} ± {change[1]:.2f}" if change else "")
+            if change and len(change[2]) > 1:
+                cells[-1] += " (seeds: " + ", ".join(f"{c:+.2f}" for c in change[2]) + ")"
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -210,21 +230,23 @@ def plot(res: dict) -> None:
         dense = [r[metric] for r in rows if r["method"] == "dense"]
         if dense:
             ax.axhline(sum(dense) / len(dense), color="0.5", ls=":", lw=0.8, label="dense")
-        first = {(r["method"], r["target"]): r for r in sorted(rows, key=lambda r: r["seed"], reverse=True)}
+        groups: dict = {}
+        for r in rows:
+            groups.setdefault((r["method"], r["target"]), []).append(r)
         off_scale = []
         for i, (method, marker) in enumerate(zip(METHODS, "os^x")):
             pts = [(100 * r["target"] + 1.2 * (i - 1.5), r[metric]) for r in rows if r["method"] == method]
             if pts:
                 ax.plot(*zip(*pts), marker=marker, ls="none", label=method, color=f"C{i}")
-            for (m, target), r in sorted(first.items(), key=lambda kv: kv[0][1] or 0):
-                ref = first.get(("gmp", target), {}).get(field)
-                if m != method or method == "gmp" or not ref or not r.get(field):
+            for target in sorted({t for m, t in groups if m == method and t}):
+                change = paired_over_seeds(groups, method, target, field, compare) if method != "gmp" else None
+                if not change:
                     continue
-                change, se = compare(r[field], ref)
                 if method == "random":
-                    off_scale.append(f"random at {target:.0%}: {change:+.0f} {unit}")
+                    off_scale.append(f"random at {target:.0%}: {change[0]:+.0f} {unit}")
                     continue
-                bx.errorbar(100 * target + 1.2 * (i - 1.5), change, yerr=se, marker=marker, color=f"C{i}", capsize=3)
+                bx.errorbar(100 * target + 1.2 * (i - 1.5), change[0], yerr=change[1], marker=marker,
+                            color=f"C{i}", capsize=3)
         if metric == "perplexity":
             ax.set_yscale("log")
         ax.set_ylabel(metric)
@@ -239,36 +261,72 @@ def plot(res: dict) -> None:
     save_figure(fig, "separate")
 
 
+def grid(name: str) -> list[tuple[str, str, float | None, int]]:
+    """The runs of a named grid, as ``(setting, method, target, seed)``, in the order they are made.
+
+    ``core`` (about 3 hours on 2 cores): dense fine-tuning, NeuroPrune, GMP and l1 at 50 % and 70 %
+    on ``ptb``; on ``tweets3`` the same at 50 % and NeuroPrune and GMP at 70 % (l1 and GMP have
+    chosen nearly the same weights in every setting measured). ``extended`` adds random masks (both
+    sparsities on ``ptb``, 50 % on ``tweets3``) and a second seed of NeuroPrune and GMP at 50 % on
+    ``tweets3`` and at 70 % on ``ptb``, where their gaps are largest (about 1.6 hours more).
+    """
+    runs = [("ptb", "dense", None, 0)] + [("ptb", m, t, 0) for t in (0.5, 0.7) for m in ("neuroprune", "gmp", "l1")]
+    runs += [("tweets3", "dense", None, 0)] + [("tweets3", m, 0.5, 0) for m in ("neuroprune", "gmp", "l1")]
+    runs += [("tweets3", m, 0.7, 0) for m in ("neuroprune", "gmp")]
+    if name == "extended":
+        runs += [("ptb", "random", t, 0) for t in (0.5, 0.7)] + [("tweets3", "random", 0.5, 0)]
+        runs += [("tweets3", m, 0.5, 1) for m in ("neuroprune", "gmp")]
+        runs += [("ptb", m, 0.7, 1) for m in ("neuroprune", "gmp")]
+    return runs
+
+
+GRIDS = ("core", "extended")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--settings", default="tweets3,ptb", help=f"some of {','.join(SETTINGS)}")
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--targets", default="0.5,0.7")
-    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--grid", default="core", choices=GRIDS, help="the runs to make (see grid()); the options "
+                    "below choose other runs instead: every combination of them")
+    ap.add_argument("--settings", help=f"some of {','.join(SETTINGS)} (default: all)")
+    ap.add_argument("--methods", help=f"some of {','.join(METHODS)} (default: all)")
+    ap.add_argument("--targets", help="MLP sparsities (default: 0.5,0.7)")
+    ap.add_argument("--seeds", help="seeds (default: 0)")
+    ap.add_argument("--without-dense", action="store_true",
+                    help="with the options above: do not train the dense reference of their settings and seeds")
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-separate")
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="keep the stored runs made by the same code and settings")
+    ap.add_argument("--plot-only", action="store_true", help="print the tables and redraw the figure")
     args = ap.parse_args()
     res = load_results(args.out)
     if not args.plot_only:
-        settings = [s for s in args.settings.split(",") if s]
-        methods = [m for m in args.methods.split(",") if m]
+        custom = any(v is not None for v in (args.settings, args.methods, args.targets, args.seeds))
+        settings = [s for s in (args.settings or ",".join(SETTINGS)).split(",") if s]
+        methods = [m for m in (args.methods or ",".join(METHODS)).split(",") if m]
         if not set(settings) <= set(SETTINGS) or not set(methods) <= set(METHODS):
             ap.error(f"--settings: some of {','.join(SETTINGS)}; --methods: some of {','.join(METHODS)}")
-        targets = [float(t) for t in args.targets.split(",")]
-        seeds = [int(s) for s in args.seeds.split(",")]
+        try:
+            targets = [float(t) for t in (args.targets or "0.5,0.7").split(",")]
+            seeds = [int(s) for s in (args.seeds or "0").split(",")]
+        except ValueError:
+            ap.error("--targets: comma-separated numbers in (0, 1); --seeds: comma-separated integers")
+        if not all(0 < t < 1 for t in targets):
+            ap.error("--targets: comma-separated numbers in (0, 1)")
+        if custom:
+            plan = [] if args.without_dense else [(s, "dense", None, seed) for s in settings for seed in seeds]
+            plan += [(s, m, t, seed) for s in settings for t in targets for seed in seeds for m in methods]
+        else:
+            plan = grid(args.grid)
         fixed = {"configs": {s: SETTINGS[s] for s in SETTINGS},
                  "code": code_fingerprint("train", "graph", "models.py",
                                           measured=(SETTINGS, run_name, block_losses, example_correct,
                                                     train_run))}
         if not (args.resume and {k: res.get("settings", {}).get(k) for k in fixed} == fixed):
             res = {"settings": {}, "runs": {}}
-        res["settings"].update(fixed, settings=sorted(set(res["settings"].get("settings", [])) | set(settings),
+        used = {s for s, *_ in plan}
+        res["settings"].update(fixed, settings=sorted(set(res["settings"].get("settings", [])) | used,
                                                       key=list(SETTINGS).index))
         args.workdir.mkdir(parents=True, exist_ok=True)
-        plan = [(s, "dense", None, seed) for s in settings for seed in seeds]
-        plan += [(s, m, t, seed) for s in settings for t in targets for seed in seeds for m in methods]
         for setting, method, target, seed in plan:
             name = run_name(setting, method, target, seed)
             if name not in res["runs"]:

@@ -92,3 +92,19 @@ def test_paired_accuracy_difference_of_the_separating_benchmark():
     assert diff == pytest.approx(25.0) and se == pytest.approx(100 * 0.5 / 2)
     with pytest.raises(ValueError):  # different held-out sets are never paired
         paired_accuracy("101", "10")
+
+
+def test_paired_difference_over_seeds_pairs_each_seed_with_its_own_gmp_run():
+    from analysis.bench_separate import paired_accuracy, paired_over_seeds
+
+    def run(seed, correct):
+        return {"seed": seed, "correct": correct}
+
+    groups = {("gmp", 0.5): [run(0, "1010"), run(1, "1111")],
+              ("neuroprune", 0.5): [run(1, "0111"), run(0, "1110"), run(2, "1111")]}  # seed 2: no GMP run
+    mean, se, per_seed = paired_over_seeds(groups, "neuroprune", 0.5, "correct", paired_accuracy)
+    (d0, se0), (d1, se1) = paired_accuracy("1110", "1010"), paired_accuracy("0111", "1111")
+    assert per_seed == [d0, d1] == [25.0, -25.0]
+    assert mean == pytest.approx(0.0) and se == pytest.approx(math.hypot(se0, se1) / 2)
+    assert paired_over_seeds(groups, "l1", 0.5, "correct", paired_accuracy) is None
+    assert paired_over_seeds(groups, "neuroprune", 0.7, "correct", paired_accuracy) is None
