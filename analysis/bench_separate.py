@@ -159,14 +159,25 @@ def paired_accuracy(correct: str, reference: str) -> tuple[float, float]:
     return 100 * mean, 100 * se
 
 
+def group_runs(rows: list[dict]) -> dict:
+    """Runs by ``(method, target)``, each group in stored order."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["target"]), []).append(r)
+    return groups
+
+
 def paired_over_seeds(groups: dict, method: str, target: float | None, field: str, compare):
     """A method's paired difference from GMP at the same sparsity, over the seeds both were run with.
 
     Each seed's runs share their held-out examples (the split is drawn with the seed), so each seed
     gives a paired difference and its standard error; the result is their mean, the standard error of
     that mean (sqrt(sum se_i^2) / k, the seeds' test noise being independent), and the per-seed
-    differences (whose spread shows the training noise). ``None`` where no seed has both runs.
+    differences (whose spread shows the training noise). ``None`` for GMP itself and where no seed
+    has both runs.
     """
+    if method == "gmp":
+        return None
     gmp = {r["seed"]: r.get(field) for r in groups.get(("gmp", target), [])}
     per_seed = [compare(r[field], gmp[r["seed"]]) for r in sorted(groups.get((method, target), []),
                                                                       key=lambda r: r["seed"])
@@ -189,9 +200,7 @@ def table(res: dict) -> list[str]:
                                 else ("correct", "tweets", paired_accuracy))
         lines += [f"**{setting}**", "", (f"| method | MLP sparsity | {metric} (mean over seeds) | seeds | spread "
                   f"| conn. sd (%) | vs GMP, same {unit} (± s.e.) |"), "|---|---|---|---|---|---|---|"]
-        groups: dict = {}
-        for r in rows:
-            groups.setdefault((r["method"], r["target"]), []).append(r)
+        groups = group_runs(rows)
         for (method, target), rs in sorted(groups.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0])):
             vals = [r[metric] for r in rs]
             mean = sum(vals) / len(vals)
@@ -200,7 +209,7 @@ def table(res: dict) -> list[str]:
             se = f" ± {math.sqrt(mean * (1 - mean) / n):.3f}" if metric == "accuracy" and n else ""
             cells = [method, f"{rs[0]['mlp_sparsity']:.1%}", f"{mean:.4g}{se}", str(len(rs)), spread,
                      f"{sum(r['conn_sd_percent'] for r in rs) / len(rs):.2f}"]
-            change = paired_over_seeds(groups, method, target, field, compare) if method != "gmp" else None
+            change = paired_over_seeds(groups, method, target, field, compare)
             suffix = " %" if metric == "perplexity" else " pt"
             cells.append(f"{change[0]:+.2f}{suffix} ± {change[1]:.2f}" if change else "")
             if change and len(change[2]) > 1:
@@ -230,16 +239,14 @@ def plot(res: dict) -> None:
         dense = [r[metric] for r in rows if r["method"] == "dense"]
         if dense:
             ax.axhline(sum(dense) / len(dense), color="0.5", ls=":", lw=0.8, label="dense")
-        groups: dict = {}
-        for r in rows:
-            groups.setdefault((r["method"], r["target"]), []).append(r)
+        groups = group_runs(rows)
         off_scale = []
         for i, (method, marker) in enumerate(zip(METHODS, "os^x")):
             pts = [(100 * r["target"] + 1.2 * (i - 1.5), r[metric]) for r in rows if r["method"] == method]
             if pts:
                 ax.plot(*zip(*pts), marker=marker, ls="none", label=method, color=f"C{i}")
             for target in sorted({t for m, t in groups if m == method and t}):
-                change = paired_over_seeds(groups, method, target, field, compare) if method != "gmp" else None
+                change = paired_over_seeds(groups, method, target, field, compare)
                 if not change:
                     continue
                 if method == "random":
