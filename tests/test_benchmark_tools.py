@@ -57,6 +57,23 @@ def test_save_figure_writes_png_and_svg_atomically(tmp_path):
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["probe.png", "probe.svg"]  # no temporaries
 
 
+def test_save_figure_redraws_the_same_bytes(tmp_path):
+    # SVG element ids and the date would otherwise differ from one drawing of the same figure to the next
+    from matplotlib.figure import Figure
+
+    drawn = []
+    for name in ("a", "b"):
+        fig = Figure(figsize=(2, 2))
+        ax = fig.subplots()
+        ax.plot([0, 1], [1, 0], label="line")
+        ax.fill_between([0, 1], [0, 0], [1, 1], alpha=0.2)
+        ax.legend()
+        drawn.append([p.read_bytes() for p in save_figure(fig, "probe", dpi=50, directory=tmp_path / name)])
+    assert drawn[0][0] == drawn[1][0]
+    assert drawn[0][1] == drawn[1][1]
+    assert b"<dc:date>" not in drawn[0][1]
+
+
 def test_save_figure_keeps_the_old_figure_when_saving_fails(tmp_path):
     from matplotlib.figure import Figure
 
