@@ -84,7 +84,8 @@ def select_edges(weight, config: GraphConfig | None = None, *, name: str = "weig
     n = w.numel()
     nnz = int(torch.count_nonzero(nonzero))
     zero_fraction = (n - nnz) / n if n else 0.0
-    max_abs = float(torch.stack(list(torch.aminmax(w))).abs().max()) if nnz else 0.0
+    lo, hi = torch.aminmax(w) if nnz else (torch.zeros(()), torch.zeros(()))
+    max_abs = max(float(hi), -float(lo))  # max |w| without a |w| copy
     mode = config.mode
     if mode == "auto":
         if n and zero_fraction >= config.sparse_fraction:

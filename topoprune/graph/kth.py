@@ -2,7 +2,7 @@
 
 ``np.partition`` (introselect) is the fastest exact selection numpy has, but it partitions a copy:
 for a 4096 x 11008 float32 matrix that is 180 MB more at the peak of edge selection, on top of the
-matrix and its ``|w|``. :func:`kth_largest` brackets the answer with a seeded sample instead, counts
+matrix itself. :func:`kth_largest` brackets the answer with a seeded sample instead, counts
 the entries above the bracket and partitions only those inside it, chunk by chunk (a few MB at a
 time). The result is the same value ``np.partition`` gives -- the bracket only decides how much is
 copied, never the answer; when the sample misses the bracket, the full partition is the fallback.
