@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(VENV)/bin/topoprune analyze --out demo-report --plots --overwrite
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 bench: $(STAMP)
 	$(PY) analysis/bench_analysis.py

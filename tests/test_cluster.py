@@ -151,6 +151,27 @@ def test_command_on_a_running_cluster(tmp_path, tiny_llama, running):
         assert (tmp_path / "A" / name).read_bytes() == (tmp_path / "B" / name).read_bytes(), name
 
 
+def test_cluster_resumes_from_a_journal_and_records_its_work(tmp_path, tiny_llama, running, local_report):
+    """What a local analysis finished is reused on the cluster (and the other way round): the journal
+    records results, not where they were computed."""
+    from topoprune.graph.journal import _key, block_name, n_entries
+
+    journal = tmp_path / "journal"
+    analyze_report(tiny_llama, n_jobs=1, journal=journal, **SETTINGS)
+    assert n_entries(journal) == 14 + 2  # tensors and blocks; the whole-model rows are not recorded here
+    lost = [t for t in local_report.matrices["tensor"] if t.startswith("layers.1.")]
+    for t in lost:
+        (journal / f"{_key('t', t)}.npz").unlink()
+    (journal / f"{_key('b', block_name(('decoder', 0)))}.json").unlink()
+    rep = analyze_report(tiny_llama, scheduler=running, journal=journal, **SETTINGS)
+    assert rep.meta["resumed"] == 14 - len(lost) == 7
+    assert_same_report(local_report, rep)
+    assert n_entries(journal) == 14 + 2 + 1  # the cluster's tasks recorded, the whole model's rows too
+    again = analyze_report(tiny_llama, scheduler=running, journal=journal, **SETTINGS)
+    assert again.meta["resumed"] == 14
+    assert_same_report(local_report, again)
+
+
 def test_progress_advances_as_tasks_complete(tiny_llama, running, local_report, monkeypatch):
     import topoprune.graph.analysis as analysis
 

@@ -131,7 +131,8 @@ def test_a_model_directory_is_one_checkpoint(zoo, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert (out / "report.json").is_file() and not (out / "checkpoints").exists()
     assert "checkpoint" not in pd.read_csv(out / "report.csv").columns
-    one_error(run("analyze", model, "--out", tmp_path / "rep2", "--resume"), "--resume", "several checkpoints")
+    # --resume of one checkpoint with nothing interrupted starts afresh; an existing OUT still needs --overwrite
+    one_error(run("analyze", model, "--out", out, *FAST, "--no-fits", "--resume"), "exists", "--overwrite")
 
 
 def test_resume_after_failure_reuses_finished_checkpoints(zoo_copy, tmp_path, monkeypatch):

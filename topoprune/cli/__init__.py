@@ -78,8 +78,8 @@ def _print_table(df, columns):
 @click.option("--plots/--no-plots", default=False, show_default=True, help="Write figures into OUT/figures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--resume", is_flag=True,
-              help="Several checkpoints: continue an interrupted analysis of OUT (or extend a finished one), "
-                   "reusing the checkpoints finished with the same settings.")
+              help="Continue an interrupted analysis of OUT with the same settings: the matrices it finished "
+                   "are not analysed again. Several checkpoints: also extend a finished OUT.")
 @click.option("--keep-going", is_flag=True,
               help="Several checkpoints: record a checkpoint that cannot be analysed in OUT/failed.csv and go on.")
 @_analysis_options
@@ -98,6 +98,7 @@ def analyze(checkpoints, out, overwrite, plots, as_json, resume, keep_going, **o
     """
     from ..graph.analysis import analyze_report
     from ..graph.report import summarize
+    from ..graph.journal import for_output, settle
     from ..graph.zoo import find_checkpoints
     from ..io import OutputDir
     from ..graph.report import save_report
@@ -112,22 +113,27 @@ def analyze(checkpoints, out, overwrite, plots, as_json, resume, keep_going, **o
         return analyze_many(checkpoints, members, out, overwrite=overwrite, plots=plots, as_json=as_json,
                             resume=resume, keep_going=keep_going, progress=show_progress(), opts=opts,
                             print_table=lambda df: _print_table(df, ["checkpoint", "step"] + SUMMARY_COLUMNS[1:]))
-    if resume:
-        raise ConfigError("--resume continues an analysis of several checkpoints; give several, or a directory "
-                          "of checkpoints")
     checkpoint = checkpoints[0] if checkpoints else None
     source, kwargs = analysis_request(checkpoint, **opts)
     check_input(source)
     target = OutputDir(out, kind="report", overwrite=overwrite, reads=[source])  # refuses a bad OUT before any work
-    report = analyze_report(source, progress=show_progress(), **kwargs)
-    summary = summarize(report)
-    with target:
-        save_report(report, target.path, summary=summary)
-        if plots:
-            from ..plotting import save_figures
+    journal = for_output(out, resume=resume, overwrite=overwrite)
+    try:
+        report = analyze_report(source, progress=show_progress(), journal=journal, **kwargs)
+        summary = summarize(report)
+        with target:
+            save_report(report, target.path, summary=summary)
+            if plots:
+                from ..plotting import save_figures
 
-            save_figures(report, target.path / "figures")
-        final = target.commit()
+                save_figures(report, target.path / "figures")
+            final = target.commit()
+    except BaseException as exc:
+        kept = settle(journal, exc)
+        if kept:
+            log.warning("%d finished tensor(s) kept in %s; continue with --resume", kept, journal)
+        raise
+    settle(journal)
     if log.isEnabledFor(logging.INFO):  # -v: where the time went, per stage
         from ..graph.timing import format_stages
 

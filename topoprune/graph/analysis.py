@@ -23,16 +23,14 @@ and NaN metrics; NaN/Inf stop it with an error naming the tensor unless
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from concurrent.futures import Executor, Future
 
 import numpy as np
 import pandas as pd
 import torch
-from threadpoolctl import threadpool_limits
 
 from .. import __version__
 from .config import AnalysisConfig, ConfigError, GraphConfig, resolve_device
@@ -48,11 +46,8 @@ from .metrics import degree_stats, modularity
 from .report import COLUMNS, Report
 from .roles import ROLES, MatrixSpec, describe
 from .timing import Progress, Stopwatch, collect, edges_of
-from .workers import Bounded as _Bounded
 from .workers import Inline as _Inline
-from .workers import executor as _executor
-from .workers import n_workers, stop  # n_workers: also part of this module's interface
-from .workers import worker_init as _one_thread  # noqa: F401  (the workers' initializer)
+from .workers import n_workers  # noqa: F401  (also part of this module's interface)
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +104,6 @@ def _heavy_metrics(in_deg, out_deg, graph, config: AnalysisConfig) -> dict:
         out.update(modularity=com.modularity, n_communities=com.n_communities)
         clock.lap("modularity")
     return out
-
-
-def _packed_layered(lg: LayeredGraph, pool, config: AnalysisConfig):
-    """``lg`` as a task for ``pool``: itself inline, else ``(layers, ((src, dst, PackedEdges), ...))``."""
-    if isinstance(pool, _Inline):
-        return lg
-    return lg.layers, tuple((s, d, PackedEdges.of(b, config.modularity.weighted)) for s, d, b in lg.edges)
 
 
 def _layered_metrics(lg, key: dict, config: AnalysisConfig) -> dict:
@@ -307,8 +295,14 @@ def analyze(source, density: float | None = None, *, threshold: float | None = N
 
 def analyze_report(source, density: float | None = None, *, threshold: float | None = None,
                    config: AnalysisConfig | None = None, layers=None, roles=None, progress: bool = False,
-                   **options) -> Report:
-    """Like :func:`analyze`, returning the full :class:`Report`."""
+                   journal=None, **options) -> Report:
+    """Like :func:`analyze`, returning the full :class:`Report`.
+
+    ``journal``, a directory, keeps the finished tensors and blocks as the analysis goes
+    (:class:`~topoprune.graph.journal.Journal`): run again with the same settings on the same
+    checkpoint, the analysis reads them back instead of recomputing them, and gives the same report.
+    ``report.meta["resumed"]`` counts the matrices read back. The caller removes the journal when done.
+    """
     config = _config_from(config, density, threshold, layers=tuple(layers) if layers is not None else None,
                           roles=tuple(roles) if roles is not None else None, **options)
     path, start = None, time.perf_counter()
@@ -331,15 +325,22 @@ def analyze_report(source, density: float | None = None, *, threshold: float | N
         for s in specs:
             by_tensor[s.tensor].append(s)
         order = sorted(by_tensor, key=lambda t: (shard.get(t, ""), specs.index(by_tensor[t][0])))
-        bar = Progress(len(specs), progress)
+        book = _open_journal(journal, source, config)
+        stored, stored_blocks = _stored(book, order, by_tensor, config, local=path is None)
+        resumed = sum(len(by_tensor[t]) for t in stored)
+        bar = Progress(len(specs) - resumed, progress)
         try:
             if path is not None:
                 from .cluster import analyze_on_cluster
 
-                rows, degrees, patterns, layered, workers = analyze_on_cluster(path, order, by_tensor, config, bar)
+                rows, degrees, patterns, layered, workers = analyze_on_cluster(
+                    path, order, by_tensor, config, bar, book, stored, stored_blocks)
             else:
-                _check_memory(ckpt, order)
-                rows, degrees, patterns, layered, workers = _analyze_local(ckpt, order, by_tensor, config, bar)
+                from .local import analyze_locally
+
+                _check_memory(ckpt, [t for t in order if t not in stored])
+                rows, degrees, patterns, layered, workers = analyze_locally(
+                    ckpt, order, by_tensor, config, bar, book, stored, stored_blocks)
         finally:
             bar.close()
     finally:
@@ -349,78 +350,47 @@ def analyze_report(source, density: float | None = None, *, threshold: float | N
     backend = "dask" if path is not None else "processes" if workers > 1 else "inline"
     timing = collect(rows, device=device, backend=backend, workers=workers, wall_s=time.perf_counter() - start)
     meta = dict(config=config.to_dict(), version=__version__, source=ckpt.source, model_type=layout.model_type,
-                known_layout=layout.known, timing=timing)
+                known_layout=layout.known, timing=timing, resumed=resumed)
     df.attrs.update(meta)
     return Report(df, pd.DataFrame(layered), degrees, patterns, meta)
 
 
-def _analyze_local(ckpt, order, by_tensor, config: AnalysisConfig, bar):
-    """The tensors ``order`` read here one at a time, fits and modularity in the local pool.
+def _open_journal(directory, source, config: AnalysisConfig):
+    if directory is None:
+        return None
+    from .journal import Journal, source_signature
 
-    Memory: a matrix's graph is dropped once its row and task are made, unless block or model
-    modularity needs it; a block's layered graphs are built and submitted as soon as its last matrix
-    is read, and the matrices' graphs then dropped (kept as block graphs for the whole-model graph).
-    At most two tasks per worker wait at a time (:class:`~topoprune.graph.workers.Bounded`).
-
-    Returns ``(rows, degrees, patterns, layered, workers)`` (see :func:`analyze_report`; ``workers``: the
-    processes the per-matrix work ran in, 1 for this process alone).
-    """
-    rows, futures, keep, layered, patterns, degrees = [], [], defaultdict(dict), [], {}, {}
-    layers = config.block_modularity or config.model_modularity
-    remaining = Counter((s.side, s.block) for t in order for s in by_tensor[t] if s.block >= 0)
-    built: dict = {}
-    limits = threadpool_limits(1)  # idle BLAS threads spinning here would starve the workers
-    executor, done, pending = _Inline(), False, {}
-    try:
-        n_tasks = sum(len(v) for v in by_tensor.values())
-        executor = _executor(config.n_jobs, n_tasks)
-        workers = n_workers(config.n_jobs, n_tasks)
-        pool = executor if isinstance(executor, _Inline) else _Bounded(executor, 2 * workers)  # running + waiting
-        for tensor_name in order:
-            for spec, row, g, fut in tensor_rows(functools.partial(ckpt.load, tensor_name), by_tensor[tensor_name],
-                                                 config, pool, patterns, degrees):
-                rows.append(row)
-                futures.append(fut)
-                pending[fut or _Inline().submit(int)] = (edges_of(row), spec.name)  # none: done already
-                bar.finished(pending)
-                if layers and spec.block >= 0:
-                    key = (spec.side, spec.block)
-                    if g is not None:
-                        keep[key][spec.role] = (g, spec)
-                    remaining[key] -= 1
-                    if not remaining[key] and key in keep:
-                        _submit_block(key, keep.pop(key), built, layered, pool, config)
-                g = fut = None
-        _check_threshold(rows, config)
-        if config.model_modularity:
-            for key, lg in _model_graphs(dict(sorted(built.items()))):
-                task = _packed_layered(lg, pool, config)
-                del lg
-                layered.append(((1, key["side"]), pool.submit(_layered_metrics, task, key, config)))
-        built.clear()
-        bar.finished(pending, wait=True)
-        for row, fut in zip(rows, futures):
-            if fut is not None:
-                row.update(fut.result())
-        futures.clear()
-        layered = [f.result() for _, f in sorted(layered, key=lambda x: x[0])]
-        done = True
-    finally:
-        stop(executor, kill=not done)  # after an error or an interrupt: end the workers, wait for nothing
-        limits.restore_original_limits()
-    return rows, degrees, patterns, layered, workers
+    if source_signature(source) is None:
+        raise ConfigError("journal: needs a checkpoint file or directory to resume from, not a model in memory")
+    return Journal(directory, config.results_settings(), source)
 
 
-def _submit_block(key, graphs: dict, built: dict, layered: list, pool, config: AnalysisConfig) -> None:
-    """Submit the layered-graph rows of block ``key`` (``(side, block)``) from its matrices' ``graphs``;
-    keep the block graphs in ``built`` for the whole-model graph only when that is measured."""
-    block_graphs = _block_graphs(graphs)
-    graphs.clear()
+def _stored(journal, order, by_tensor, config: AnalysisConfig, local: bool) -> tuple[dict, dict]:
+    """The finished tensors and blocks ``journal`` holds that this analysis can use: here (``local``) a
+    tensor only when the layered graphs it feeds are finished too, nothing with whole-model modularity
+    (the whole-model graph is built from every matrix's graph); on a cluster, whose layered tasks read
+    the tensors themselves, every finished one."""
+    from .journal import block_name
+
+    if journal is None or not len(journal) or (local and config.model_modularity):
+        return {}, {}
+    keys = {(s.side, s.block) for t in order for s in by_tensor[t] if s.block >= 0}
+    blocks = {}
+    if config.block_modularity or config.model_modularity:  # block rows are measured with either
+        blocks = {k: r for k in sorted(keys) if (r := journal.block(block_name(k))) is not None}
     if config.model_modularity:
-        built[key] = block_graphs
-    for i, (component, lg) in enumerate(block_graphs):
-        row_key = {"side": key[0], "block": key[1], "component": component}
-        layered.append(((0, key, i), pool.submit(_layered_metrics, _packed_layered(lg, pool, config), row_key, config)))
+        model = journal.block("model")
+        if model is not None:
+            blocks["model"] = model
+    tensors = {}
+    for t in order:
+        if local and config.block_modularity and any((s.side, s.block) not in blocks
+                                                     for s in by_tensor[t] if s.block >= 0):
+            continue
+        found = journal.tensor(t)
+        if found is not None and len(found) == len(by_tensor[t]):
+            tensors[t] = found
+    return tensors, blocks
 
 
 def _check_memory(ckpt, names) -> None:

@@ -46,6 +46,7 @@ from .analysis import (_block_graphs, _check_memory, _check_threshold, _layered_
 from .config import AnalysisConfig, local_workers
 from .loading import open_checkpoint
 from .roles import MatrixSpec
+from .journal import block_name
 from .timing import edges_of
 from .workers import deferred_signals, n_workers
 
@@ -364,7 +365,8 @@ def _result(future, what: str, scheduler: str):
 
 
 def analyze_on_cluster(path: str, order: list[str], by_tensor: dict[str, list[MatrixSpec]], config: AnalysisConfig,
-                       bar) -> tuple[list[dict], dict, dict, list[dict]]:
+                       bar, journal=None, stored: dict | None = None,
+                       stored_blocks: dict | None = None) -> tuple[list[dict], dict, dict, list[dict]]:
     """Analyse the tensors ``order`` of the checkpoint at ``path`` on the cluster ``config.scheduler``.
 
     Parameters
@@ -377,6 +379,8 @@ def analyze_on_cluster(path: str, order: list[str], by_tensor: dict[str, list[Ma
         The analysis settings.
     bar : Progress
         Progress over matrices, advanced as each tensor's task completes.
+    journal, stored, stored_blocks : optional
+        As for :func:`~topoprune.graph.local.analyze_locally` (the whole model's rows: ``"model"``).
 
     Returns
     -------
@@ -390,25 +394,30 @@ def analyze_on_cluster(path: str, order: list[str], by_tensor: dict[str, list[Ma
     if config.block_modularity or config.model_modularity:
         for tensor, spec in members:
             blocks[(spec.side, spec.block)].append((tensor, spec))
-    whole = bool(config.model_modularity and blocks)
+    stored, stored_blocks = stored or {}, stored_blocks or {}  # finished earlier: not submitted
+    whole = bool(config.model_modularity and blocks) and "model" not in stored_blocks
+    blocks = {k: v for k, v in blocks.items() if k not in stored_blocks}
+    todo = [t for t in order if t not in stored]
     token, expected, n_local = uuid.uuid4().hex, versions(), local_workers(config.scheduler)
-    with connect(config, len(order) + len(blocks) + whole) as client:
+    with connect(config, len(todo) + len(blocks) + whole) as client:
         futures: list = []
         try:
             def submit(fn, name, what, detail, **kw):
                 return client.submit(fn, path, what, detail, config, token, expected, pure=False,
                                      key=f"topoprune-{name}-{token}", **kw)
 
-            tensor_futures = {submit(tensor_task, f"tensor-{i}", t, by_tensor[t]): t for i, t in enumerate(order)}
-            layered_futures = [(submit(layered_task, f"block-{i}", items, False), f"{side} block {block}".lstrip())
-                               for i, ((side, block), items) in enumerate(sorted(blocks.items()))]
+            tensor_futures = {submit(tensor_task, f"tensor-{i}", t, by_tensor[t]): t for i, t in enumerate(todo)}
+            layered_futures = [(submit(layered_task, f"block-{i}", items, False), f"{side} block {block}".lstrip(),
+                                (side, block)) for i, ((side, block), items) in enumerate(sorted(blocks.items()))]
             if whole:  # the largest task: first in line
-                layered_futures.append((submit(layered_task, "model", members, True, priority=1), "whole-model graph"))
-            futures = [*tensor_futures, *(f for f, _ in layered_futures)]
-            results = {}
+                layered_futures.append((submit(layered_task, "model", members, True, priority=1), "whole-model graph",
+                                        "model"))
+            futures, results = [*tensor_futures, *(f for f, _, _ in layered_futures)], dict(stored)
             for fut in as_completed(list(tensor_futures), loop=client.loop):
                 tensor = tensor_futures[fut]
                 results[tensor] = _result(fut, tensor, config.scheduler)
+                if journal is not None:
+                    journal.put_tensor(tensor, results[tensor])
                 bar.advance(len(by_tensor[tensor]), sum(edges_of(r) for r, _, _ in results[tensor]),
                             by_tensor[tensor][-1].name)
             done = [(spec, *out) for t in order for spec, out in zip(by_tensor[t], results.pop(t))]  # local order
@@ -416,7 +425,13 @@ def analyze_on_cluster(path: str, order: list[str], by_tensor: dict[str, list[Ma
             degrees = {spec.name: deg for spec, _, deg, _ in done if deg is not None}
             patterns = {spec.name: pattern for spec, _, _, pattern in done if pattern is not None}
             _check_threshold(rows, config)
-            layered = [row for fut, what in layered_futures for row in _result(fut, what, config.scheduler)]
+            layered_rows = dict(stored_blocks)
+            for fut, what, key in layered_futures:
+                layered_rows[key] = _result(fut, what, config.scheduler)
+                if journal is not None:
+                    journal.put_block(block_name(key), layered_rows[key])
+            last = sorted(layered_rows, key=lambda k: (k == "model", () if k == "model" else k))  # blocks, model
+            layered = [row for key in last for row in layered_rows[key]]
             workers = max(1, len(client.scheduler_info().get("workers", ())))
         except BaseException as exc:
             with contextlib.suppress(Exception):

@@ -6,6 +6,7 @@ one-to-one onto these fields.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -214,6 +215,16 @@ class AnalysisConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def results_settings(self) -> dict:
+        """:meth:`to_dict` without where the work runs (``n_jobs``, ``scheduler``, ``connect_timeout``,
+        ``device``), which gives the same results: what a resumed analysis must match, as JSON types."""
+        out = {k: v for k, v in self.to_dict().items() if k not in PLACEMENT}
+        return json.loads(json.dumps(out))
+
+
+#: Settings that decide where an analysis runs, not what it finds.
+PLACEMENT = ("n_jobs", "scheduler", "connect_timeout", "device")
 
 
 def local_workers(scheduler: str) -> int | None:

@@ -4,7 +4,8 @@
 directory of ``checkpoint-<step>`` model directories is expanded and ordered by step);
 :func:`analyze_zoo` analyses each with :func:`~topoprune.graph.analysis.analyze_report` and saves
 its sub-report into a :class:`~topoprune.graph.zoodir.ZooDir`, skipping those a resumed analysis
-has already finished; :func:`combine` stacks the sub-reports into one table with a leading
+has already finished (and, inside an interrupted checkpoint, the tensors it had finished:
+:mod:`~topoprune.graph.journal`); :func:`combine` stacks the sub-reports into one table with a leading
 ``checkpoint`` (and ``step``) column, and :func:`trajectory` reduces it to the metrics over
 checkpoints that :mod:`topoprune.plotting.trajectory` draws.
 
@@ -26,6 +27,7 @@ import pandas as pd
 
 from ..errors import CheckpointError, ConfigError, TopopruneError
 from ..io import atomic_path, os_error_line, short
+from .journal import settle
 from .zoodir import SUBREPORTS, ZooDir
 
 log = logging.getLogger(__name__)
@@ -149,11 +151,8 @@ def settings(config, layers=None, roles=None, **extra) -> dict:
     """The settings that decide an analysis' results, as stored for ``--resume``: not where the work
     runs (``n_jobs``, ``scheduler``, ``connect_timeout``, ``device``), which gives the same results."""
     config = dataclasses.replace(config, layers=tuple(layers) if layers is not None else config.layers,
-                                 roles=tuple(roles) if roles is not None else config.roles, n_jobs=1)
-    out = config.to_dict()
-    for where in ("n_jobs", "scheduler", "connect_timeout", "device"):
-        out.pop(where, None)
-    return _plain(dict(out, **extra))
+                                 roles=tuple(roles) if roles is not None else config.roles)
+    return _plain(dict(config.results_settings(), **extra))
 
 
 def _plain(obj):
@@ -237,9 +236,11 @@ def analyze_zoo(members: list[Member], zoo: ZooDir, *, keep_going: bool = False,
                 result.reused.append(m)
                 bar.update(1)
                 continue
+            journal = zoo.journal(m.label)  # its finished tensors, kept through an interrupt
             try:
-                report = _analysis.analyze_report(m.path, progress=progress, **analysis)
+                report = _analysis.analyze_report(m.path, progress=progress, journal=journal, **analysis)
             except Exception as exc:
+                settle(journal, exc)
                 line = user_error_line(exc)
                 if line is None:
                     raise
@@ -253,6 +254,7 @@ def analyze_zoo(members: list[Member], zoo: ZooDir, *, keep_going: bool = False,
                 result.failed.append((m, line))
             else:
                 zoo.save(m.label, m.record()["path"], lambda directory, report=report: write(report, directory))
+                settle(journal)
                 result.analysed.append(m)
                 del report
             bar.update(1)

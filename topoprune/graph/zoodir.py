@@ -5,8 +5,9 @@ sibling ``.OUT.partial/`` (:func:`staging_path`) and renamed onto ``OUT`` only w
 checkpoint has been dealt with, so ``OUT`` is always absent, an earlier output, or this complete
 one. Unlike the temporary sibling of a single report, the staging directory has a fixed name and
 survives an interruption: each finished checkpoint's sub-report is swapped complete into
-``.OUT.partial/checkpoints/<label>/`` (built beside it with :class:`~topoprune.io.OutputDir`), and
-:data:`RECORD` holds the analysis settings and which checkpoint each label stands for.
+``.OUT.partial/checkpoints/<label>/`` (built beside it with :class:`~topoprune.io.OutputDir`), the
+tensors finished so far of the checkpoint being analysed are kept in ``.OUT.partial/.journals/<label>/``
+(:mod:`~topoprune.graph.journal`), and :data:`RECORD` holds the analysis settings and which checkpoint each label stands for.
 
 Rules (:class:`ZooDir`):
 
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError
 from ..io import OutputDir, atomic_path, check_out, locked_by_other, short
+from .journal import n_entries
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 RECORD = "zoo.json"
 #: Where the sub-reports go, one directory per checkpoint label.
 SUBREPORTS = "checkpoints"
+#: Where the finished tensors of the checkpoints being analysed are kept (:mod:`~topoprune.graph.journal`).
+JOURNALS = ".journals"
 _LOCK = ".lock"
 
 
@@ -162,6 +166,10 @@ class ZooDir:
                     or not (entry / "report.json").is_file():
                 shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
         self._stored = {lb: src for lb, src in self._stored.items() if (sub / lb).is_dir()}
+        journals = self.staging / JOURNALS
+        for entry in journals.iterdir() if journals.is_dir() else ():  # each checks its checkpoint and settings
+            if entry.name not in wanted or entry.name in self._stored:
+                shutil.rmtree(entry, ignore_errors=True)
         self.write_record(checkpoints)
         return self.staging
 
@@ -180,6 +188,15 @@ class ZooDir:
 
     def n_finished(self) -> int:
         return len(_finished(self.staging)) if self._opened else 0
+
+    def journal(self, label: str) -> Path:
+        """Where the analysis of checkpoint ``label`` keeps its finished tensors until its sub-report is saved."""
+        return self.staging / JOURNALS / label
+
+    def n_journaled(self) -> int:
+        """Finished tensors and blocks kept of checkpoints whose analysis did not finish."""
+        journals = self.staging / JOURNALS
+        return sum(n_entries(p) for p in journals.iterdir()) if self._opened and journals.is_dir() else 0
 
     def subreport(self, label: str) -> Path:
         return self.staging / SUBREPORTS / label
@@ -209,7 +226,7 @@ class ZooDir:
         self.release()
         if not self._opened or not self.staging.exists():
             return
-        if self.n_finished() == 0:
+        if self.n_finished() == 0 and self.n_journaled() == 0:
             shutil.rmtree(self.staging, ignore_errors=True)
         else:
             (self.staging / _LOCK).unlink(missing_ok=True)
@@ -225,10 +242,10 @@ class ZooDir:
     def __exit__(self, exc_type, *exc):
         if self.path == self.staging:  # not committed
             self.abandon()
-            n = self.n_finished()
-            if n and exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-                log.warning("%d finished checkpoint%s kept in %s; continue with --resume", n, "" if n == 1 else "s",
-                            self.staging)
+            n, parts = self.n_finished(), self.n_journaled()
+            if (n or parts) and exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+                log.warning("%d finished checkpoint%s%s kept in %s; continue with --resume", n, "" if n == 1 else "s",
+                            f" and {parts} finished tensor(s) of the next" if parts else "", self.staging)
 
     # ------------------------------------------------------------------ helpers
     def _take_lock(self) -> None:
