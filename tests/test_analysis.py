@@ -187,3 +187,16 @@ def test_bounded_pool_holds_few_waiting_tasks():
         gate.set()
         t.join(5)
         assert [f.result() for f in futures] == list(range(10)) and state["most"] <= 4
+
+
+def test_large_allocations_are_mapped_where_glibc_allows():
+    """The analysing process hands large freed arrays back to the system (a fixed glibc mmap threshold)."""
+    import platform
+    import sys
+
+    from topoprune.graph import workers
+
+    topoprune.analyze({"layers.0.mlp.fc1.weight": torch.randn(16, 8)}, n_jobs=1, fits=False)
+    assert workers._mapped, "the analysis did not set the allocation policy"
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert workers._mapped == [True] and workers.map_large_allocations() is True

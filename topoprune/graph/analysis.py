@@ -47,7 +47,7 @@ from .report import COLUMNS, Report
 from .roles import ROLES, MatrixSpec, describe
 from .timing import Progress, Stopwatch, collect, edges_of
 from .workers import Inline as _Inline
-from .workers import n_workers  # noqa: F401  (also part of this module's interface)
+from .workers import map_large_allocations, n_workers  # noqa: F401  (n_workers: also part of this interface)
 
 log = logging.getLogger(__name__)
 
@@ -339,6 +339,7 @@ def analyze_report(source, density: float | None = None, *, threshold: float | N
                 from .local import analyze_locally
 
                 _check_memory(ckpt, [t for t in order if t not in stored])
+                map_large_allocations()
                 rows, degrees, patterns, layered, workers = analyze_locally(
                     ckpt, order, by_tensor, config, bar, book, stored, stored_blocks)
         finally:

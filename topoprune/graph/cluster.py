@@ -48,7 +48,7 @@ from .loading import open_checkpoint
 from .roles import MatrixSpec
 from .journal import block_name
 from .timing import edges_of
-from .workers import deferred_signals, n_workers
+from .workers import deferred_signals, map_large_allocations, n_workers
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,8 @@ def check_request(source) -> str:
         ``source`` is held in memory (a model, a state dict), or ``distributed`` is not installed.
     """
     if not isinstance(source, (str, os.PathLike)):
-        raise ConfigError(f"scheduler (--scheduler) needs a checkpoint path that the workers can read; a "
-                          f"{type(source).__name__} held in memory cannot be sent (save it, e.g. with "
-                          "save_pretrained, and give the path)")
+        raise ConfigError(f"scheduler (--scheduler) needs a checkpoint path that the workers can read; a {type(source).__name__} "
+                          "held in memory cannot be sent (save it, e.g. with save_pretrained, and give the path)")
     require_distributed()
     return os.path.abspath(os.path.expanduser(os.fspath(source)))
 
@@ -106,10 +105,11 @@ def _where() -> str:
 
 
 def _checkpoint(path: str, token: str, expected: dict[str, str]):
-    """The checkpoint at ``path``, opened once per analysis (``token``) in this worker process, whose
-    BLAS and torch use one thread, as in the local pool (and as Dask sets up its workers)."""
+    """The checkpoint at ``path``, opened once per analysis (``token``) in this worker process, set up as the
+    local pool's: one BLAS and torch thread (as Dask sets up its workers), large allocations mapped."""
     threadpool_limits(1)
     torch.set_num_threads(1)
+    map_large_allocations()
     with _open_lock:
         key = (path, token)
         if key in _open:

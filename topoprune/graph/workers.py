@@ -11,6 +11,8 @@
   at once after an error or an interrupt (a long Leiden run is not waited for).
 * :func:`deferred_signals` holds Ctrl-C and SIGTERM back while worker processes start (those of
   a local Dask cluster, :mod:`~topoprune.graph.cluster`), so none is left half started.
+* :func:`map_large_allocations` has glibc give every large allocation its own memory map, handed
+  back to the system when freed (the analysing processes' memory then stays near its working set).
 """
 from __future__ import annotations
 
@@ -30,6 +32,11 @@ log = logging.getLogger(__name__)
 MAX_AUTO_WORKERS = 8
 #: Linux ``prctl`` option that sends a signal to a process when its parent dies.
 PR_SET_PDEATHSIG = 1
+#: glibc ``mallopt`` parameter: the size from which an allocation gets its own memory map.
+M_MMAP_THRESHOLD = -3
+#: What :func:`map_large_allocations` sets it to (bytes).
+MMAP_THRESHOLD = 4 << 20
+_mapped: list[bool] = []
 
 
 class Inline(Executor):
@@ -141,6 +148,30 @@ def deferred_signals():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         for sig in dict.fromkeys(caught):
             signal.raise_signal(sig)  # KeyboardInterrupt, or whatever the handler does
+
+
+def map_large_allocations() -> bool:
+    """Give every allocation of :data:`MMAP_THRESHOLD` bytes or more its own memory map (glibc).
+
+    glibc's threshold starts at 128 KiB and grows, each time such a map is freed, up to 32 MiB; the
+    analysis's masks, edge lists and smaller float32 matrices (1–32 MB) are then carved out of the
+    heap, whose freed space the next, differently sized matrix only partly reuses. A fixed 4 MiB
+    threshold returns each one to the system when it is freed: on four blocks of a 3B-shaped
+    checkpoint with modularity, the main process peaked at 0.67 GB instead of 0.94–1.0 GB, for
+    about 4 % more wall time. Process-wide and once per process (the pool's forked workers inherit
+    it); a no-op where the C library has no ``mallopt``. Returns whether the threshold is set.
+    """
+    if not _mapped:
+        ok = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                ok = ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+            except (OSError, AttributeError):
+                ok = False
+        _mapped.append(ok)
+    return _mapped[0]
 
 
 def executor(n_jobs: int, n_tasks: int | None = None) -> Executor:
