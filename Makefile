@@ -66,6 +66,8 @@ bench-separate: $(STAMP)
 bench-scaling: $(STAMP)
 	$(PY) analysis/bench_scaling.py --resume
 	$(PY) analysis/bench_scaling.py --compare-cluster --resume
+	$(PY) analysis/bench_scaling.py --compare-cluster --cluster-size 0.5 --resume \
+		--out analysis/results/bench_scaling_cluster_0.5b.json
 
 figures: $(STAMP)
 	$(PY) analysis/make_figures.py
