@@ -214,3 +214,17 @@ def test_journal_entries_are_plain_files(llama, tmp_path):
         assert rows[0]["role"] == "mlp_up" and z["in_0"].dtype == np.int32
     book = Journal(journal, manifest["settings"], llama)
     assert len(book) == 3 and book.tensor("nope") is None
+
+
+def test_a_journal_in_use_is_refused(llama, tmp_path):
+    """Two analyses never share a journal: the second is refused in one line, and may go once the first ends."""
+    from topoprune.errors import ConfigError
+
+    held = Journal(beside(tmp_path / "rep"), {}, llama)
+    with pytest.raises(ConfigError, match="another topoprune analyze"):
+        analyze_report(llama, journal=beside(tmp_path / "rep"), n_jobs=1, fits=False)
+    r = run("analyze", llama, "--out", tmp_path / "rep", "-j", "1", "--overwrite")
+    assert r.exit_code == 2 and "writing this output right now" in r.stderr and len(r.stderr.splitlines()) == 1
+    held.close()
+    assert run("analyze", llama, "--out", tmp_path / "rep", "-j", "1", "--no-fits").exit_code == 0
+    assert not beside(tmp_path / "rep").exists()

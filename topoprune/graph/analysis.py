@@ -344,6 +344,8 @@ def analyze_report(source, density: float | None = None, *, threshold: float | N
                     ckpt, order, by_tensor, config, bar, book, stored, stored_blocks)
         finally:
             bar.close()
+            if book is not None:
+                book.close()
     finally:
         ckpt.close()
     df = pd.DataFrame(rows, columns=COLUMNS)

@@ -38,6 +38,7 @@ from ..io import atomic_path, short
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 #: Bumped when what an entry holds changes: older journals are then emptied, not misread.
 FORMAT = 1
 
@@ -94,14 +95,17 @@ class Journal:
     ------
     CheckpointError
         When ``directory`` cannot be created or written (one line naming it).
+    ConfigError
+        When another analysis holds it (its ``.lock``, held until :meth:`close`).
     """
 
     def __init__(self, directory, settings: dict, source):
-        self.dir = Path(directory)
+        self.dir, self._lock = Path(directory), None
         self.manifest = dict(format=FORMAT, settings=settings, source=str(os.path.abspath(source)),
                              files=source_signature(source))
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
             stored = self._stored_manifest()
             if stored != json.loads(json.dumps(self.manifest)):
                 entries = self._entries()
@@ -117,6 +121,28 @@ class Journal:
         self._names = {p.stem for p in self._entries()}
         if self._names:
             log.info("%s: resuming with %d finished tensor(s) and block(s)", self.dir, len(self._names))
+
+    def _take_lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        fh = open(self.dir / LOCK, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{self.dir}: another topoprune analyze is using this journal (and output) right "
+                              "now") from None
+        self._lock = fh
+
+    def close(self) -> None:
+        """Let another analysis use the journal."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def _stored_manifest(self) -> dict | None:
         try:
@@ -239,8 +265,12 @@ def for_output(out, *, resume: bool, overwrite: bool) -> Path:
     """
     from ..errors import ConfigError
 
+    from ..io import locked_by_other
+
     journal = beside(out)
     kept = n_entries(journal)
+    if journal.is_dir() and locked_by_other(journal, LOCK):
+        raise ConfigError(f"{out}: another topoprune analyze is writing this output right now ({journal})")
     if kept and not resume:
         if not overwrite:
             raise ConfigError(f"{out}: an interrupted analysis is kept in {journal} ({kept} tensor(s) finished); "
