@@ -158,6 +158,7 @@ def test_command_line_resume_of_one_checkpoint(llama, tmp_path, monkeypatch):
     r = run("analyze", llama, "--out", out, "-j", "1", "--resume")
     assert r.exit_code == 0, r.stderr
     assert len(cut.read) == 14 and not journal.exists()
+    assert "21 matrices (llama; 7 read back from the interrupted analysis)" in r.stdout
     pd.testing.assert_frame_equal(pd.read_csv(out / "report.csv"), pd.read_csv(clean / "report.csv"))
     doc = json.loads((out / "report.json").read_text())
     assert doc["matrices"] == json.loads((clean / "report.json").read_text())["matrices"]

@@ -142,7 +142,9 @@ def analyze(checkpoints, out, overwrite, plots, as_json, resume, keep_going, **o
         click.echo((final / "report.json").read_text())
         return
     click.echo(f"{report.meta['source']}: {len(report.matrices)} matrices "
-               f"({report.meta['model_type'] or 'unknown type'}); report in {out}/")
+               f"({report.meta['model_type'] or 'unknown type'}"
+               + (f"; {report.meta['resumed']} read back from the interrupted analysis" if report.meta.get("resumed")
+                  else "") + f"); report in {out}/")
     _print_table(summary[summary["level"] == "role"], SUMMARY_COLUMNS)
 
 
