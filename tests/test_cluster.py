@@ -10,11 +10,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from reports import assert_same_report, save_tiny_llama
 from safetensors.torch import save_file
 
 import topoprune
@@ -75,14 +74,7 @@ def settled(before, timeout=10.0):
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
     """A 2-layer random-init LLaMA (grouped-query attention) saved with save_pretrained."""
-    from transformers import LlamaConfig, LlamaModel
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
-    path = tmp_path_factory.mktemp("tiny_llama")
-    LlamaModel(cfg).save_pretrained(path)
-    return path
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), layers=2, hidden=64, ffn=96)
 
 
 @pytest.fixture(scope="module")
@@ -111,16 +103,6 @@ def nan_checkpoint(tmp_path):
     path.parent.mkdir()
     save_file(tensors, path)
     return path
-
-
-def assert_same_report(a, b):
-    pd.testing.assert_frame_equal(a.matrices, b.matrices, check_exact=True)
-    pd.testing.assert_frame_equal(a.layered, b.layered, check_exact=True)
-    assert list(a.degrees) == list(b.degrees) and list(a.patterns) == list(b.patterns)
-    for name, (din, dout) in a.degrees.items():
-        assert np.array_equal(din, b.degrees[name][0]) and np.array_equal(dout, b.degrees[name][1])
-    for name, pattern in a.patterns.items():
-        assert np.array_equal(pattern, b.patterns[name])
 
 
 def test_local_cluster_gives_the_local_results_and_leaves_no_process(tiny_llama, local_report):

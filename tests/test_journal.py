@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from reports import assert_same_report, save_tiny_llama
 from safetensors.torch import save_file
 
 import topoprune.graph.analysis
@@ -28,25 +29,7 @@ def run(*args):
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     """A 3-layer random-init LLaMA (grouped-query attention): 21 block tensors."""
-    from transformers import LlamaConfig, LlamaModel
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
-    path = tmp_path_factory.mktemp("llama")
-    LlamaModel(cfg).save_pretrained(path)
-    return path
-
-
-def assert_same_report(a, b):
-    pd.testing.assert_frame_equal(a.matrices, b.matrices, check_exact=True)
-    pd.testing.assert_frame_equal(a.layered, b.layered, check_exact=True)
-    assert list(a.degrees) == list(b.degrees) and list(a.patterns) == list(b.patterns)
-    for name, (din, dout) in a.degrees.items():
-        assert np.array_equal(din, b.degrees[name][0]) and np.array_equal(dout, b.degrees[name][1])
-        assert din.dtype == b.degrees[name][0].dtype
-    for name, pattern in a.patterns.items():
-        assert np.array_equal(pattern, b.patterns[name]) and pattern.dtype == b.patterns[name].dtype
+    return save_tiny_llama(tmp_path_factory.mktemp("llama"), layers=3, hidden=48, ffn=80)
 
 
 class Interrupt:

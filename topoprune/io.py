@@ -292,6 +292,22 @@ def os_error_line(exc: OSError) -> str | None:
     return f"{where}: {what}" if where else what
 
 
+def take_lock(directory: Path, name: str, busy: str):
+    """Hold the ``flock`` on ``directory/name`` (the open file: closing it releases the lock; ``None``
+    where there is no ``flock``). Raises :class:`ConfigError` ``busy`` when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    fh = open(Path(directory) / name, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise ConfigError(busy) from None
+    return fh
+
+
 def locked_by_other(staging: Path, name: str = ".lock") -> bool:
     """True when another process holds the ``flock`` on ``staging/name`` (a run or analysis in progress)."""
     lock = Path(staging) / name

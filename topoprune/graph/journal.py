@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError
-from ..io import atomic_path, short
+from ..io import atomic_path, short, take_lock
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ class Journal:
                              files=source_signature(source))
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._take_lock()
+            self._lock = take_lock(self.dir, LOCK, f"{self.dir}: another topoprune analyze is using this journal "
+                                                   "(and output) right now")
             stored = self._stored_manifest()
             if stored != json.loads(json.dumps(self.manifest)):
                 entries = self._entries()
@@ -121,22 +122,6 @@ class Journal:
         self._names = {p.stem for p in self._entries()}
         if self._names:
             log.info("%s: resuming with %d finished tensor(s) and block(s)", self.dir, len(self._names))
-
-    def _take_lock(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return
-        fh = open(self.dir / LOCK, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            from ..errors import ConfigError
-
-            raise ConfigError(f"{self.dir}: another topoprune analyze is using this journal (and output) right "
-                              "now") from None
-        self._lock = fh
 
     def close(self) -> None:
         """Let another analysis use the journal."""

@@ -29,7 +29,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError
-from ..io import OutputDir, atomic_path, check_out, locked_by_other, short
+from ..io import OutputDir, atomic_path, check_out, locked_by_other, short, take_lock
 from .journal import n_entries
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,8 @@ class ZooDir:
             shutil.rmtree(self.staging)
         OutputDir(self.out, kind="zoo", overwrite=True, staging=self.staging).open()
         self._opened = True
-        self._take_lock()
+        self._lock = take_lock(self.staging, _LOCK, f"{self.raw}: another topoprune analyze is writing this output "
+                                                    "right now")
         sub = self.staging / SUBREPORTS
         sub.mkdir(exist_ok=True)
         wanted = {c["checkpoint"]: c["path"] for c in checkpoints}
@@ -248,19 +249,6 @@ class ZooDir:
                             f" and {parts} finished tensor(s) of the next" if parts else "", self.staging)
 
     # ------------------------------------------------------------------ helpers
-    def _take_lock(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return
-        fh = open(self.staging / _LOCK, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            raise ConfigError(f"{self.raw}: another topoprune analyze is writing this output right now") from None
-        self._lock = fh
-
     @staticmethod
     def _link(source: Path, dest: Path, labels) -> None:
         """Hard-link (copy where links are impossible) the sub-reports ``labels`` of a finished output."""
