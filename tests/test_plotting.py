@@ -205,3 +205,60 @@ def test_save_figures_on_a_loaded_report_without_blocks(tmp_path):
     assert sorted(p.name for p in paths) == ["block_trends.png", "ccdf_by_role_in.png", "ccdf_by_role_out.png",
                                              "patterns.png"]
     assert sorted(tmp_path.joinpath("figs").iterdir()) == sorted(paths)
+
+
+# --------------------------------------------------------------------------- deep models
+
+
+def test_grid_blocks_spreads_the_shown_blocks_evenly():
+    from topoprune.plotting.common import grid_blocks
+
+    assert grid_blocks(range(32), 8) == [0, 4, 9, 13, 18, 22, 27, 31]
+    assert grid_blocks([5, 3, 3, 1], 8) == [1, 3, 5]  # few blocks: all of them, sorted, once
+    assert grid_blocks(range(80), 0) == list(range(80))
+    assert grid_blocks(range(80), 1) == [0] and grid_blocks(range(80), 2) == [0, 79]
+    assert grid_blocks([], 8) == []
+    with pytest.raises(ValueError, match="grid_blocks"):
+        plotting.FigureConfig(grid_blocks=-1)
+
+
+@pytest.fixture(scope="module")
+def deep_report(tmp_path_factory):
+    """Nine blocks of a small MLP and q (no modularity, no patterns needed), saved to disk."""
+    g = torch.Generator().manual_seed(1)
+    sd = {}
+    for i in range(9):
+        sd[f"layers.{i}.mlp.fc1.weight"] = torch.randn(64, 32, generator=g)
+        sd[f"layers.{i}.mlp.fc2.weight"] = torch.randn(32, 64, generator=g)
+        sd[f"layers.{i}.self_attn.q_proj.weight"] = torch.randn(32, 32, generator=g)
+    rep = topoprune.analyze_report(sd, n_jobs=1, matrix_modularity=False)
+    return save_report(rep, tmp_path_factory.mktemp("deep") / "report")
+
+
+def test_block_grids_of_a_deep_model_show_evenly_spaced_blocks(deep_report, tmp_path):
+    rep = load_report(deep_report)
+    axes = plotting.plot_block_grid(rep, role="mlp_in", side="in", blocks=[0, 4, 8])
+    assert [a.get_title() for a in axes] == ["block 0", "block 4", "block 8"]
+    paths = plotting.save_figures(rep, tmp_path / "few", config=plotting.FigureConfig(formats=("svg",), grid_blocks=3))
+    grid = (tmp_path / "few" / "ccdf_blocks_mlp_in.svg").read_text()
+    assert "MLP in in 3 of 9 blocks" in grid
+    assert all(f"block {b}" in grid for b in (0, 4, 8))
+    assert not any(f"block {b}" in grid for b in (1, 2, 3, 5, 6, 7))
+    assert all(p.suffix == ".svg" for p in paths)
+    trend = plotting.plot_block_trends(rep)[0]  # trends keep every block
+    assert list(trend.get_lines()[0].get_xdata()) == list(range(9))
+
+
+def test_plot_command_takes_grid_blocks_and_refuses_a_negative_count(deep_report, tmp_path):
+    from click.testing import CliRunner
+
+    from topoprune.cli import main
+
+    r = CliRunner().invoke(main, ["plot", str(deep_report), "--out", str(tmp_path / "figs"), "--grid-blocks", "2"])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "figs" / "ccdf_blocks_q.svg").read_text()
+    assert "in 2 of 9 blocks" in text and "block 8" in text and "block 4" not in text
+    r = CliRunner().invoke(main, ["plot", str(deep_report), "--out", str(tmp_path / "bad"), "--grid-blocks", "-1"])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and "--grid-blocks" in lines[0], r.stderr
+    assert not (tmp_path / "bad").exists()

@@ -21,6 +21,7 @@ from ..compaction.run import DTYPES
 from ..errors import ConfigError
 from ..oneshot.prune import ALLOCATIONS, NEUROAL_STEPS, PRUNERS, OneShotConfig
 from ..oneshot.run import EvalConfig
+from ..plotting.common import FigureConfig
 from ..train.config import (DEFAULT_FREQUENCY, HEAD_MODES, PAPER_PENALTIES, PENALTY_FORMS, TARGET_PENALTIES,
                             TRAIN_METHODS, NeuroPruneConfig)
 from ..train.distill import Distillation
@@ -28,7 +29,7 @@ from ..train.run import TrainConfig
 from ..train.schedules import SCHEDULES
 from .group import REFUSED_PICKLE, Group, setup_logging  # noqa: F401 (REFUSED_PICKLE: part of the interface)
 from .options import analysis_options as _analysis_options
-from .options import analysis_request, check_input, default, setting_options
+from .options import OneLineIntRange, analysis_request, check_input, default, setting_options
 
 log = logging.getLogger("topoprune")
 
@@ -76,6 +77,10 @@ def _print_table(df, columns):
               help="Report directory.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT when it holds an earlier topoprune output.")
 @click.option("--plots/--no-plots", default=False, show_default=True, help="Write figures into OUT/figures.")
+@click.option("--grid-blocks", type=OneLineIntRange(min=0),
+              default=default(FigureConfig, "grid_blocks"), show_default=True,
+              help="With --plots: blocks shown in the per-block CCDF figures, evenly spaced, first and last "
+                   "included (0: every block).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted analysis of OUT with the same settings: the matrices it finished "
@@ -83,7 +88,7 @@ def _print_table(df, columns):
 @click.option("--keep-going", is_flag=True,
               help="Several checkpoints: record a checkpoint that cannot be analysed in OUT/failed.csv and go on.")
 @_analysis_options
-def analyze(checkpoints, out, overwrite, plots, as_json, resume, keep_going, **opts):
+def analyze(checkpoints, out, overwrite, plots, grid_blocks, as_json, resume, keep_going, **opts):
     """Analyse CHECKPOINT (default: the embedded all-MiniLM-L6-v2), or several checkpoints.
 
     CHECKPOINT: a Hugging Face model directory, a .safetensors / .bin / .pt / .gguf file.
@@ -110,7 +115,8 @@ def analyze(checkpoints, out, overwrite, plots, as_json, resume, keep_going, **o
     if members is not None:
         from .zoo import analyze_many
 
-        return analyze_many(checkpoints, members, out, overwrite=overwrite, plots=plots, as_json=as_json,
+        figures = FigureConfig(grid_blocks=grid_blocks) if plots else None
+        return analyze_many(checkpoints, members, out, overwrite=overwrite, figures=figures, as_json=as_json,
                             resume=resume, keep_going=keep_going, progress=show_progress(), opts=opts,
                             print_table=lambda df: _print_table(df, ["checkpoint", "step"] + SUMMARY_COLUMNS[1:]))
     checkpoint = checkpoints[0] if checkpoints else None
@@ -126,7 +132,7 @@ def analyze(checkpoints, out, overwrite, plots, as_json, resume, keep_going, **o
             if plots:
                 from ..plotting import save_figures
 
-                save_figures(report, target.path / "figures")
+                save_figures(report, target.path / "figures", config=FigureConfig(grid_blocks=grid_blocks))
             final = target.commit()
     except BaseException as exc:
         kept = settle(journal, exc)
@@ -393,7 +399,11 @@ def compact(src, out, dtype, overwrite):
 @click.argument("report_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
               help="Figure directory [REPORT_DIR/figures].")
-def plot(report_dir, out):
+@click.option("--grid-blocks", type=OneLineIntRange(min=0),
+              default=default(FigureConfig, "grid_blocks"), show_default=True,
+              help="Blocks shown in a report's per-block CCDF figures, evenly spaced, first and last included "
+                   "(0: every block).")
+def plot(report_dir, out, grid_blocks):
     """Regenerate the figures of a saved report, analysis of several checkpoints or training run (PNG and SVG)."""
     from ..errors import CheckpointError
 
@@ -415,7 +425,7 @@ def plot(report_dir, out):
         from ..plotting import save_figures
         from ..graph.report import load_report
 
-        paths += save_figures(load_report(report_dir), target)
+        paths += save_figures(load_report(report_dir), target, config=FigureConfig(grid_blocks=grid_blocks))
     if not paths:
         raise CheckpointError(f"{report_dir}: neither a report (report.json) nor a training run "
                               "(topology_history.csv)")

@@ -137,6 +137,16 @@ class OneLineChoice(click.Choice):
             raise ConfigError(f"{param.opts[-1] if param else 'value'}: {exc.message}") from None
 
 
+class OneLineIntRange(click.IntRange):
+    """A :class:`click.IntRange` whose bad value (not an integer, out of range) is a :class:`ConfigError`."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            raise ConfigError(f"{param.opts[-1] if param else 'value'}: {exc.message}") from None
+
+
 def setting_options(f):
     """``--setting`` and the knobs it presets (``--group``, ``--down-rows``, ``--rebalance``), plus ``--gqa-rows``.
 

@@ -14,7 +14,7 @@ import click
 from .options import analysis_request
 
 
-def analyze_many(paths, members, out, *, overwrite, plots, as_json, resume, keep_going, progress, opts,
+def analyze_many(paths, members, out, *, overwrite, figures, as_json, resume, keep_going, progress, opts,
                  print_table):
     """Analyse ``members`` (:func:`~topoprune.graph.zoo.find_checkpoints`) into ``out``; print the result.
 
@@ -26,8 +26,10 @@ def analyze_many(paths, members, out, *, overwrite, plots, as_json, resume, keep
         The checkpoints, in order.
     out : str
         The output directory.
-    overwrite, plots, as_json, resume, keep_going : bool
+    overwrite, as_json, resume, keep_going : bool
         The ``analyze`` options of the same names.
+    figures : FigureConfig or None
+        Each checkpoint's figures (``--plots``, ``--grid-blocks``); None: none.
     progress : bool
         Progress bars on stderr.
     opts : dict
@@ -41,15 +43,16 @@ def analyze_many(paths, members, out, *, overwrite, plots, as_json, resume, keep
     from ..plotting.trajectory import save_trajectory
 
     _, kwargs = analysis_request(members[0].path, **opts)
-    zoo = ZooDir(out, settings(kwargs["config"], kwargs["layers"], kwargs["roles"], plots=plots), resume=resume,
+    zoo = ZooDir(out, settings(kwargs["config"], kwargs["layers"], kwargs["roles"], plots=figures is not None,
+                       **({"grid_blocks": figures.grid_blocks} if figures is not None else {})), resume=resume,
                  overwrite=overwrite, reads=[*paths, *(m.path for m in members)])  # refusals come before any work
 
     def write(report, directory):
         save_report(report, directory, summary=summarize(report))
-        if plots:
+        if figures is not None:
             from ..plotting import save_figures
 
-            save_figures(report, directory / "figures")
+            save_figures(report, directory / "figures", config=figures)
 
     if progress:
         from tqdm.contrib.logging import logging_redirect_tqdm

@@ -32,11 +32,11 @@ Examples
 >>> ax = plotting.plot_ccdf(rep.degrees["layers.0.mlp.fc1.weight"][0], fit=rep.matrices.iloc[0])
 >>> paths = plotting.save_figures(rep, "figs")                      # doctest: +SKIP
 """
-from .common import PAPER_STYLE, ROLE_LABELS, paper_style
+from .common import PAPER_STYLE, ROLE_LABELS, FigureConfig, paper_style
 from .ccdf import ccdf, plot_block_grid, plot_ccdf, plot_role_ccdfs
 from .figures import default_patterns, plot_block_trends, plot_pattern, plot_patterns, save_figures
 from .trajectory import plot_trajectory, save_trajectory
 
 __all__ = ["ccdf", "plot_ccdf", "plot_role_ccdfs", "plot_block_grid", "plot_block_trends", "plot_pattern",
            "plot_patterns", "default_patterns", "save_figures", "plot_trajectory", "save_trajectory", "paper_style",
-           "PAPER_STYLE", "ROLE_LABELS"]
+           "PAPER_STYLE", "ROLE_LABELS", "FigureConfig"]

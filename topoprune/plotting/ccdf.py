@@ -231,8 +231,8 @@ def plot_role_ccdfs(report, side: str = "in", roles=None, axes=None, *, pooled_f
     return flat[:n]
 
 
-def plot_block_grid(report, role: str = "mlp_in", side: str = "in", axes=None):
-    """CCDF with fit overlays of one role's matrix in every block, one panel per block.
+def plot_block_grid(report, role: str = "mlp_in", side: str = "in", axes=None, *, blocks=None):
+    """CCDF with fit overlays of one role's matrix in every block (or in ``blocks``), one panel per block.
 
     Parameters
     ----------
@@ -244,15 +244,20 @@ def plot_block_grid(report, role: str = "mlp_in", side: str = "in", axes=None):
     axes : array of Axes, optional
         At least one axis per matrix of the role (extra ones are hidden); a new figure
         (shared axes, up to 6 panels a row) when None.
+    blocks : sequence of int, optional
+        Only the matrices of these blocks (e.g. :func:`~topoprune.plotting.common.grid_blocks`
+        of a deep model's blocks); default every block.
 
     Returns
     -------
     numpy.ndarray of Axes
-        One per matrix, ordered by (side, block); a single "no matrices" panel when the
+        One per matrix shown, ordered by (side, block); a single "no matrices" panel when the
         role is absent.
     """
     check_side(side)
     rows = matrix_rows(report, role)
+    if blocks is not None and not rows.empty:
+        rows = rows[pd.to_numeric(rows["block"], errors="coerce").isin([float(b) for b in blocks])]
     n = max(len(rows), 1)
     created = axes is None
     if created:

@@ -4,10 +4,12 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from ..errors import ConfigError
 from ..graph.roles import ROLES
 
 ROLE_LABELS = {
@@ -28,6 +30,44 @@ PAPER_STYLE = {
     "axes.spines.top": False, "axes.spines.right": False, "svg.fonttype": "none", "svg.hashsalt": "topoprune",
     "savefig.dpi": 150, "image.interpolation": "nearest",
 }
+
+
+@dataclass(frozen=True)
+class FigureConfig:
+    """What :func:`~topoprune.plotting.save_figures` draws.
+
+    Parameters
+    ----------
+    formats : tuple of str
+        Matplotlib output formats; every figure is written once in each.
+    grid_blocks : int
+        Blocks shown in the per-block CCDF grids (``ccdf_blocks_<role>``): every block of a
+        model with at most this many, else this many evenly spaced blocks, the first and the
+        last included (:func:`grid_blocks`); 0 shows every block. ``block_trends`` and
+        ``ccdf_by_role`` always show every block. At the default, a 32-block (7B-class)
+        model's grids stay eight panels wide instead of 32 (an 80-inch figure that takes a
+        minute to draw).
+    """
+
+    formats: tuple[str, ...] = ("png", "svg")
+    grid_blocks: int = 8
+
+    def __post_init__(self):
+        if self.grid_blocks < 0:
+            raise ConfigError(f"grid_blocks must be >= 0 (0: every block), got {self.grid_blocks}")
+        if not self.formats:
+            raise ConfigError("formats must name at least one output format")
+
+
+def grid_blocks(blocks, most: int) -> list:
+    """The blocks a per-block grid shows: all of ``blocks`` (sorted, unique) when there are at
+    most ``most`` of them or ``most`` is 0, else ``most`` of them evenly spaced, first and last
+    included (``most`` = 1: the first)."""
+    blocks = sorted(set(blocks))
+    if most <= 0 or len(blocks) <= most:
+        return blocks
+    idx = np.unique(np.round(np.linspace(0, len(blocks) - 1, most)).astype(int))
+    return [blocks[i] for i in idx]
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """Trends over blocks, sparsity patterns, and the standard figure set written to disk."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -8,7 +9,9 @@ import numpy as np
 import pandas as pd
 
 from .common import (
+    FigureConfig,
     ROLE_LABELS,
+    grid_blocks,
     SIDE_LABELS,
     empty_panel,
     report_fit_config,
@@ -284,7 +287,8 @@ def _write(fig, out_dir: Path, stem: str, formats) -> list[Path]:
     return paths
 
 
-def save_figures(report, out_dir, *, formats=("png", "svg"), patterns=None) -> list[Path]:
+def save_figures(report, out_dir, *, config: FigureConfig | None = None, formats=None,
+                 patterns=None) -> list[Path]:
     """Draw the standard figures of a report and write each in every format.
 
     Files (``<stem>.<format>`` in ``out_dir``, each written atomically):
@@ -292,7 +296,8 @@ def save_figures(report, out_dir, *, formats=("png", "svg"), patterns=None) -> l
     * ``ccdf_by_role_in``, ``ccdf_by_role_out`` -- :func:`plot_role_ccdfs`;
     * ``ccdf_blocks_<role>`` for ``mlp_in`` (``mlp_gate`` if there is no ``mlp_in``),
       ``mlp_out`` and ``q`` when present -- :func:`plot_block_grid`, in-degrees in the
-      top row and out-degrees in the bottom row;
+      top row and out-degrees in the bottom row, one column per block shown (at most
+      ``config.grid_blocks``, evenly spaced; the title says how many of how many);
     * ``block_trends`` -- :func:`plot_block_trends`;
     * ``patterns`` -- :func:`plot_pattern` of ``patterns`` (default
       :func:`default_patterns`), when the report has sparsity patterns.
@@ -302,8 +307,10 @@ def save_figures(report, out_dir, *, formats=("png", "svg"), patterns=None) -> l
     report : Report
     out_dir : path
         Created if missing.
-    formats : sequence of str
-        Matplotlib output formats.
+    config : FigureConfig, optional
+        Formats and the blocks of the per-block grids (default :class:`FigureConfig`).
+    formats : sequence of str, optional
+        Matplotlib output formats, instead of ``config.formats``.
     patterns : sequence of str, optional
         Matrix names for the pattern panel.
 
@@ -314,7 +321,12 @@ def save_figures(report, out_dir, *, formats=("png", "svg"), patterns=None) -> l
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    formats = tuple(formats)
+    config = config or FigureConfig()
+    formats = tuple(formats) if formats is not None else config.formats
+    if report.matrices.attrs:  # pandas deep-copies attrs (a 7B report's timing: 50 kB) on every filter
+        bare = report.matrices.copy(deep=False)
+        bare.attrs = {}
+        report = dataclasses.replace(report, matrices=bare)
     written: list[Path] = []
     m = report.matrices
     roles = role_order(m["role"].dropna().unique()) if len(m) else []
@@ -331,14 +343,20 @@ def save_figures(report, out_dir, *, formats=("png", "svg"), patterns=None) -> l
         if "mlp_in" in grid_roles and "mlp_gate" in grid_roles:
             grid_roles.remove("mlp_gate")
         for role in grid_roles:
-            n = int((m["role"] == role).sum())
+            rows = m[m["role"] == role]
+            all_blocks = pd.to_numeric(rows["block"], errors="coerce").dropna().unique().tolist()
+            shown = grid_blocks(all_blocks, config.grid_blocks)
+            n = len(rows) if len(shown) == len(all_blocks) else int(
+                pd.to_numeric(rows["block"], errors="coerce").isin(shown).sum())
             fig, axes = _figure(2, n, (max(2.5 * n + 0.4, 6.0), 5.0), sharey=True)
             for i, side in enumerate(("in", "out")):
                 for ax in axes[i, 1:]:
                     ax.sharex(axes[i, 0])
-                plot_block_grid(report, role=role, side=side, axes=axes[i])
+                plot_block_grid(report, role=role, side=side, axes=axes[i],
+                                blocks=None if len(shown) == len(all_blocks) else shown)
             _outer_labels_rows(axes)
-            fig.suptitle(f"{ROLE_LABELS.get(role, role)} by block: in-degree (top), out-degree (bottom)")
+            which = "by block" if len(shown) == len(all_blocks) else f"in {len(shown)} of {len(all_blocks)} blocks"
+            fig.suptitle(f"{ROLE_LABELS.get(role, role)} {which}: in-degree (top), out-degree (bottom)")
             written += _write(fig, out, f"ccdf_blocks_{role}", formats)
         fig, axes = _figure(1, 3, (12.0, 3.4))
         plot_block_trends(report, axes=axes[0])
