@@ -195,6 +195,16 @@ def test_save_figures_writes_png_and_svg(tiny_report, tmp_path):
     assert plt.get_fignums() == open_before and matplotlib.get_backend() == backend
 
 
+def test_save_figures_shows_progress_only_when_asked(deep_report, tmp_path, capsys):
+    rep = load_report(deep_report)
+    config = plotting.FigureConfig(formats=("png",), grid_blocks=1)
+    plotting.save_figures(rep, tmp_path / "quiet", config=config)
+    assert capsys.readouterr().err == ""
+    paths = plotting.save_figures(rep, tmp_path / "bar", config=config, progress=True)
+    err = capsys.readouterr().err
+    assert len(paths) == 7 and "figures" in err and "7/7" in err and "ccdf_blocks_q" in err
+
+
 def test_save_figures_on_a_loaded_report_without_blocks(tmp_path):
     # Round trip through save_report/load_report (NaNs come back as None); a lone matrix
     # outside any block: no role grids, no layered graphs, nothing to fit.

@@ -132,7 +132,8 @@ def analyze(checkpoints, out, overwrite, plots, grid_blocks, as_json, resume, ke
             if plots:
                 from ..plotting import save_figures
 
-                save_figures(report, target.path / "figures", config=FigureConfig(grid_blocks=grid_blocks))
+                save_figures(report, target.path / "figures", config=FigureConfig(grid_blocks=grid_blocks),
+                             progress=show_progress())
             final = target.commit()
     except BaseException as exc:
         kept = settle(journal, exc)
@@ -425,7 +426,8 @@ def plot(report_dir, out, grid_blocks):
         from ..plotting import save_figures
         from ..graph.report import load_report
 
-        paths += save_figures(load_report(report_dir), target, config=FigureConfig(grid_blocks=grid_blocks))
+        paths += save_figures(load_report(report_dir), target, config=FigureConfig(grid_blocks=grid_blocks),
+                              progress=show_progress())
     if not paths:
         raise CheckpointError(f"{report_dir}: neither a report (report.json) nor a training run "
                               "(topology_history.csv)")

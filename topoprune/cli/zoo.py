@@ -52,7 +52,7 @@ def analyze_many(paths, members, out, *, overwrite, figures, as_json, resume, ke
         if figures is not None:
             from ..plotting import save_figures
 
-            save_figures(report, directory / "figures", config=figures)
+            save_figures(report, directory / "figures", config=figures, progress=progress)
 
     if progress:
         from tqdm.contrib.logging import logging_redirect_tqdm

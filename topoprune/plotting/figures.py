@@ -288,7 +288,7 @@ def _write(fig, out_dir: Path, stem: str, formats) -> list[Path]:
 
 
 def save_figures(report, out_dir, *, config: FigureConfig | None = None, formats=None,
-                 patterns=None) -> list[Path]:
+                 patterns=None, progress: bool = False) -> list[Path]:
     """Draw the standard figures of a report and write each in every format.
 
     Files (``<stem>.<format>`` in ``out_dir``, each written atomically):
@@ -313,6 +313,8 @@ def save_figures(report, out_dir, *, config: FigureConfig | None = None, formats
         Matplotlib output formats, instead of ``config.formats``.
     patterns : sequence of str, optional
         Matrix names for the pattern panel.
+    progress : bool
+        A progress bar on stderr (figures written / total, the one being drawn).
 
     Returns
     -------
@@ -327,10 +329,24 @@ def save_figures(report, out_dir, *, config: FigureConfig | None = None, formats
         bare = report.matrices.copy(deep=False)
         bare.attrs = {}
         report = dataclasses.replace(report, matrices=bare)
-    written: list[Path] = []
     m = report.matrices
     roles = role_order(m["role"].dropna().unique()) if len(m) else []
-    with paper_style():
+    grid_roles = [r for r in ("mlp_in", "mlp_gate", "mlp_out", "q") if r in roles]
+    if "mlp_in" in grid_roles and "mlp_gate" in grid_roles:
+        grid_roles.remove("mlp_gate")
+    names = default_patterns(report) if patterns is None else [p for p in patterns if p in report.patterns]
+    written: list[Path] = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=3 + len(grid_roles) + bool(names), disable=not progress, desc="figures", unit="figure",
+               leave=False, dynamic_ncols=True)
+
+    def save(fig, stem):
+        bar.set_postfix_str(stem, refresh=False)
+        written.extend(_write(fig, out, stem, formats))
+        bar.update(1)
+
+    with paper_style(), bar:
         for side in ("in", "out"):
             n = max(len(roles), 1)
             ncols = min(n, 4)
@@ -338,10 +354,7 @@ def save_figures(report, out_dir, *, config: FigureConfig | None = None, formats
             fig, axes = _figure(nrows, ncols, (3.3 * ncols + 0.8, 2.9 * nrows))
             plot_role_ccdfs(report, side=side, axes=axes)
             fig.suptitle(f"{SIDE_LABELS[side].capitalize()} distributions by role (CCDF, log-log)")
-            written += _write(fig, out, f"ccdf_by_role_{side}", formats)
-        grid_roles = [r for r in ("mlp_in", "mlp_gate", "mlp_out", "q") if r in roles]
-        if "mlp_in" in grid_roles and "mlp_gate" in grid_roles:
-            grid_roles.remove("mlp_gate")
+            save(fig, f"ccdf_by_role_{side}")
         for role in grid_roles:
             rows = m[m["role"] == role]
             all_blocks = pd.to_numeric(rows["block"], errors="coerce").dropna().unique().tolist()
@@ -357,11 +370,10 @@ def save_figures(report, out_dir, *, config: FigureConfig | None = None, formats
             _outer_labels_rows(axes)
             which = "by block" if len(shown) == len(all_blocks) else f"in {len(shown)} of {len(all_blocks)} blocks"
             fig.suptitle(f"{ROLE_LABELS.get(role, role)} {which}: in-degree (top), out-degree (bottom)")
-            written += _write(fig, out, f"ccdf_blocks_{role}", formats)
+            save(fig, f"ccdf_blocks_{role}")
         fig, axes = _figure(1, 3, (12.0, 3.4))
         plot_block_trends(report, axes=axes[0])
-        written += _write(fig, out, "block_trends", formats)
-        names = default_patterns(report) if patterns is None else [p for p in patterns if p in report.patterns]
+        save(fig, "block_trends")
         if names:
             ncols = len(names) if len(names) <= 5 else 4
             if patterns is None and len(names) % 2 == 0 and len(names) > 5:
@@ -370,7 +382,7 @@ def save_figures(report, out_dir, *, config: FigureConfig | None = None, formats
             fig, axes = _figure(nrows, ncols, (2.6 * ncols, 2.5 * nrows))
             plot_patterns(report, names, axes=axes)
             fig.suptitle(_pattern_title(report))
-            written += _write(fig, out, "patterns", formats)
+            save(fig, "patterns")
     return written
 
 
