@@ -24,7 +24,7 @@ import scipy.sparse as sp
 import torch
 
 from .config import GraphConfig
-from .edges import igraph_from_csr, igraph_from_edges  # noqa: F401  (igraph_from_edges: imported from here too)
+from .edges import block_edges, igraph_from_csr, igraph_from_edges  # noqa: F401  (igraph_from_edges: imported from here too)
 from .kth import kth_largest
 from ..errors import TensorError
 
@@ -277,9 +277,9 @@ class BipartiteGraph:
         raise ValueError(f"axis must be 'in' or 'out', got {axis!r}")
 
     def edge_list(self) -> np.ndarray:
-        """Edges as ``[n_edges, 2]`` node ids: inputs are ``0..in-1``, outputs ``in..in+out-1``."""
-        coo = self.biadjacency.tocoo()
-        return np.column_stack([coo.col, coo.row + self.n_in]).astype(np.int64)
+        """Edges as ``[n_edges, 2]`` node ids: inputs are ``0..in-1``, outputs ``in..in+out-1``; in the
+        order igraph is given them (:func:`~topoprune.graph.edges.block_edges`)."""
+        return block_edges(self.biadjacency, 0, self.n_in)[0]
 
     def to_igraph(self, weighted: bool = False):
         """An undirected ``igraph.Graph``; vertex attribute ``part`` is 0 (input) / 1 (output)."""
@@ -342,13 +342,14 @@ class LayeredGraph:
         return int(sum(b.nnz for _, _, b in self.edges))
 
     def edge_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(edges [E, 2], weights [E])`` over global node ids."""
+        """``(edges [E, 2], weights [E])`` over global node ids, block by block in the order igraph is
+        given them (:func:`~topoprune.graph.edges.block_edges`)."""
         off = self.offsets
         parts, weights = [], []
         for src, dst, b in self.edges:
-            coo = b.tocoo()
-            parts.append(np.column_stack([coo.col + off[src], coo.row + off[dst]]))
-            weights.append(coo.data)
+            e, w = block_edges(b, int(off[src]), int(off[dst]))
+            parts.append(e)
+            weights.append(w)
         if not parts:
             return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
         return np.concatenate(parts).astype(np.int64), np.concatenate(weights)

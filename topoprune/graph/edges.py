@@ -5,8 +5,16 @@ tuples (or an ``[E, 2]`` ndarray, which it turns into Python objects itself) it 
 edge in Python objects next to the 32 bytes per edge of the graph: ~150 MB more for a 5632 x 2048
 matrix at density 0.1 (1.15 M edges). :func:`igraph_from_csr` and :func:`igraph_from_edges` hand it a
 generator over chunks of :data:`CHUNK` edges instead, so only one chunk of Python objects exists at a
-time. The edges keep the order of ``BipartiteGraph.edge_list`` / ``LayeredGraph.edge_arrays`` (row-major
-over each biadjacency block, as ``tocoo`` gives them): the graph, and so Leiden's seeded result, is the same.
+time. The edges come in the order of ``BipartiteGraph.edge_list`` / ``LayeredGraph.edge_arrays``
+(:func:`block_edges`), so the graph, and Leiden's seeded result, is the same whichever way it is built.
+
+That order is chosen for igraph's Leiden, whose local moving visits a node's incident edges by edge id
+(``from``/``to``/weight arrays of 8 bytes an edge each): the edges of the side with the larger degree
+(the inputs of a ``B [n_dst, n_src]`` block with ``n_dst >= n_src``, else the outputs) are made
+contiguous, i.e. the block is walked column by column when ``n_dst >= n_src`` and row by row otherwise.
+Measured on random 10 %-density LLaMA-7B-shaped matrices (median of 3, seeded): Leiden on a 4096 x 4096
+block 4.5 -> 3.3 s, on an 11008 x 4096 one 11.4 -> 7.8 s; a 4096 x 11008 one stays row by row (11.4 s,
+13.4 s column by column).
 
 :class:`PackedEdges` is what a worker process receives for a matrix's modularity instead of an
 ``[E, 2]`` int64 edge array (16 bytes per edge): the edge mask packed to bits (``n_out * n_in / 8``
@@ -30,19 +38,49 @@ def _array_pairs(src: np.ndarray, dst: np.ndarray):
         yield from zip(src[i:i + chunk].tolist(), dst[i:i + chunk].tolist())
 
 
+def by_columns(b) -> bool:
+    """Whether block ``b`` (shape ``[n_dst, n_src]``) is walked column by column: ``n_dst >= n_src``."""
+    return b.shape[0] >= b.shape[1]
+
+
+def _oriented(b):
+    """``(M, by_columns)``: ``b`` as CSR, or as CSC when it is walked column by column."""
+    if by_columns(b):
+        return sp.csc_array(b), True
+    return sp.csr_array(b), False
+
+
+def _walk(m, cols_major: bool, src_off: int, dst_off: int, chunk: int):
+    """``(src ids, dst ids, values)`` of the stored entries of ``m`` in storage order, whole rows
+    (CSR) or columns (CSC) of about ``chunk`` entries at a time."""
+    indptr, n_major = m.indptr, m.shape[1 if cols_major else 0]
+    step = max(1, chunk * n_major // max(m.nnz, 1))
+    for a in range(0, n_major, step):
+        z = min(a + step, n_major)
+        lo, hi = int(indptr[a]), int(indptr[z])
+        minor = m.indices[lo:hi].astype(np.int64)
+        major = np.repeat(np.arange(a, z, dtype=np.int64), np.diff(indptr[a:z + 1]))
+        src, dst = (major, minor) if cols_major else (minor, major)
+        yield src + src_off, dst + dst_off, m.data[lo:hi]
+
+
+def block_edges(b, src_off: int = 0, dst_off: int = 0):
+    """``(edges [E, 2] int64, values [E])`` of block ``b`` in the order igraph is given them
+    (column by column when :func:`by_columns`, else row by row)."""
+    m, cols_major = _oriented(b)
+    parts = list(_walk(m, cols_major, src_off, dst_off, max(m.nnz, 1)))
+    if not parts:
+        return np.zeros((0, 2), np.int64), np.zeros(0, b.dtype)
+    src, dst, val = (np.concatenate(x) for x in zip(*parts))
+    return np.column_stack([src, dst]), val
+
+
 def _csr_pairs(blocks):
-    """``(col + src_offset, row + dst_offset)`` of every stored entry of each ``(src_offset, dst_offset, B)``,
-    in stored (row-major) order, about :data:`CHUNK` edges (whole rows) at a time."""
-    chunk = CHUNK
-    for src_off, dst_off, b in blocks:
-        indptr, n_rows = b.indptr, b.shape[0]
-        step = max(1, chunk * n_rows // max(b.nnz, 1))
-        for r0 in range(0, n_rows, step):
-            r1 = min(r0 + step, n_rows)
-            lo, hi = int(indptr[r0]), int(indptr[r1])
-            cols = b.indices[lo:hi].astype(np.int64) + src_off
-            rows = np.repeat(np.arange(r0 + dst_off, r1 + dst_off, dtype=np.int64), np.diff(indptr[r0:r1 + 1]))
-            yield from zip(cols.tolist(), rows.tolist())
+    """``(src, dst)`` node ids of every stored entry of each ``(src_offset, dst_offset, M, by_columns)``,
+    in the order of :func:`block_edges`, about :data:`CHUNK` edges at a time."""
+    for src_off, dst_off, m, cols_major in blocks:
+        for src, dst, _ in _walk(m, cols_major, src_off, dst_off, CHUNK):
+            yield from zip(src.tolist(), dst.tolist())
 
 
 def _graph(n: int, pairs, weights):
@@ -65,12 +103,13 @@ def igraph_from_csr(n: int, blocks, weighted: bool = False):
 
     ``B`` (shape ``[n_dst, n_src]``) joins node ``src_offset + j`` to ``dst_offset + i`` for every
     stored entry ``B[i, j]``; with ``weighted`` the entries' values are the edge attribute ``weight``.
-    No ``[E, 2]`` array or list of the edges is built.
+    No ``[E, 2]`` array or list of the edges is built; a block walked column by column
+    (:func:`by_columns`) is converted to CSC first (8 bytes an edge, while igraph reads it).
     """
-    blocks = list(blocks)
+    blocks = [(int(s), int(d), *_oriented(b)) for s, d, b in blocks]
     weights = None
     if weighted:
-        weights = np.concatenate([b.data for *_, b in blocks]) if blocks else np.zeros(0, np.float32)
+        weights = np.concatenate([m.data for _, _, m, _ in blocks]) if blocks else np.zeros(0, np.float32)
     return _graph(n, _csr_pairs(blocks), weights)
 
 
