@@ -295,12 +295,20 @@ def plot(results: dict) -> None:
     x = [results["checkpoints"][s]["parameters"] for s in sizes]
     ax_m.plot(x, [bound(results["checkpoints"][s]) / GB for s in sizes], color="0.5", ls=":", marker="_",
               label="3 × largest tensor (fp32) + 0.6 GB")
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+
     for ax, ylabel in ((ax_t, "wall time (s)"), (ax_m, "peak RSS (GB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(x))  # one tick per measured size, labelled "7 B"
+        ax.xaxis.set_major_formatter(lambda v, _pos: f"{v / 1e9:.2g} B")
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("parameters (bf16 LLaMA-shaped checkpoint)")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
+    ax_m.yaxis.set_major_formatter(ScalarFormatter())  # plain GB, not powers of ten
+    ax_m.yaxis.set_minor_formatter(NullFormatter())
+    ax_m.yaxis.set_major_locator(FixedLocator([0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 4.0]))
     workers = {results["runs"][k]["timing"]["workers"] for k in results["runs"]}
     fig.suptitle(f"topoprune analyze, density {DENSITY}, {'/'.join(map(str, sorted(workers)))} workers, "
                  f"{results['machine']['nproc']} CPUs", fontsize=9)
