@@ -272,3 +272,11 @@ def test_plot_command_takes_grid_blocks_and_refuses_a_negative_count(deep_report
     lines = r.stderr.strip().splitlines()
     assert r.exit_code == 2 and len(lines) == 1 and "--grid-blocks" in lines[0], r.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_zoo_resume_settings_name_grid_blocks_only_off_its_default():
+    # A run started before --grid-blocks existed (settings without it) resumes at the default.
+    from topoprune.cli.zoo import _figure_settings
+
+    assert _figure_settings(None) == {} and _figure_settings(plotting.FigureConfig()) == {}
+    assert _figure_settings(plotting.FigureConfig(grid_blocks=3)) == {"grid_blocks": 3}

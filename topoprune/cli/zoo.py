@@ -43,9 +43,10 @@ def analyze_many(paths, members, out, *, overwrite, figures, as_json, resume, ke
     from ..plotting.trajectory import save_trajectory
 
     _, kwargs = analysis_request(members[0].path, **opts)
-    zoo = ZooDir(out, settings(kwargs["config"], kwargs["layers"], kwargs["roles"], plots=figures is not None,
-                       **({"grid_blocks": figures.grid_blocks} if figures is not None else {})), resume=resume,
-                 overwrite=overwrite, reads=[*paths, *(m.path for m in members)])  # refusals come before any work
+    recorded = settings(kwargs["config"], kwargs["layers"], kwargs["roles"], plots=figures is not None,
+                        **_figure_settings(figures))
+    zoo = ZooDir(out, recorded, resume=resume, overwrite=overwrite,
+                 reads=[*paths, *(m.path for m in members)])  # refusals come before any work
 
     def write(report, directory):
         save_report(report, directory, summary=summarize(report))
@@ -75,3 +76,13 @@ def analyze_many(paths, members, out, *, overwrite, figures, as_json, resume, ke
                + (f", {f} failed (see failed.csv)" if f else "") + f"; report in {out}/")
     summary = tables["summary"]
     print_table(summary[summary["level"] == "model"])
+
+
+def _figure_settings(figures) -> dict:
+    """What the figures add to the settings a resumed run must share: ``grid_blocks`` when it is not
+    the default (a run started before the setting existed drew its grids at the default's place)."""
+    from ..plotting.common import FigureConfig
+
+    if figures is None or figures.grid_blocks == FigureConfig().grid_blocks:
+        return {}
+    return {"grid_blocks": figures.grid_blocks}
