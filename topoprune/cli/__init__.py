@@ -29,7 +29,7 @@ from ..train.run import TrainConfig
 from ..train.schedules import SCHEDULES
 from .group import REFUSED_PICKLE, Group, setup_logging  # noqa: F401 (REFUSED_PICKLE: part of the interface)
 from .options import analysis_options as _analysis_options
-from .options import OneLineIntRange, analysis_request, check_input, default, setting_options
+from .options import analysis_request, check_input, default, grid_blocks_option, setting_options
 
 log = logging.getLogger("topoprune")
 
@@ -77,10 +77,7 @@ def _print_table(df, columns):
               help="Report directory.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT when it holds an earlier topoprune output.")
 @click.option("--plots/--no-plots", default=False, show_default=True, help="Write figures into OUT/figures.")
-@click.option("--grid-blocks", type=OneLineIntRange(min=0),
-              default=default(FigureConfig, "grid_blocks"), show_default=True,
-              help="With --plots: blocks shown in the per-block CCDF figures, evenly spaced, first and last "
-                   "included (0: every block).")
+@grid_blocks_option("With --plots: ")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted analysis of OUT with the same settings: the matrices it finished "
@@ -400,10 +397,7 @@ def compact(src, out, dtype, overwrite):
 @click.argument("report_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
               help="Figure directory [REPORT_DIR/figures].")
-@click.option("--grid-blocks", type=OneLineIntRange(min=0),
-              default=default(FigureConfig, "grid_blocks"), show_default=True,
-              help="Blocks shown in a report's per-block CCDF figures, evenly spaced, first and last included "
-                   "(0: every block).")
+@grid_blocks_option()
 def plot(report_dir, out, grid_blocks):
     """Regenerate the figures of a saved report, analysis of several checkpoints or training run (PNG and SVG)."""
     from ..errors import CheckpointError

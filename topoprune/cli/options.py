@@ -127,8 +127,9 @@ def check_input(source) -> None:
         raise CheckpointError(f"{source}: no such file or directory")
 
 
-class OneLineChoice(click.Choice):
-    """A :class:`click.Choice` whose bad value is a :class:`ConfigError`: one line ``error: ...``, exit code 2."""
+class _OneLine:
+    """Mixin for a click parameter type: a bad value is a :class:`ConfigError` naming the option, so the
+    command line reports it in one line ``error: ...`` with exit code 2 (not click's usage block)."""
 
     def convert(self, value, param, ctx):
         try:
@@ -137,14 +138,22 @@ class OneLineChoice(click.Choice):
             raise ConfigError(f"{param.opts[-1] if param else 'value'}: {exc.message}") from None
 
 
-class OneLineIntRange(click.IntRange):
-    """A :class:`click.IntRange` whose bad value (not an integer, out of range) is a :class:`ConfigError`."""
+class OneLineChoice(_OneLine, click.Choice):
+    """A :class:`click.Choice` whose bad value is one line ``error: ...``, exit code 2."""
 
-    def convert(self, value, param, ctx):
-        try:
-            return super().convert(value, param, ctx)
-        except click.BadParameter as exc:
-            raise ConfigError(f"{param.opts[-1] if param else 'value'}: {exc.message}") from None
+
+class OneLineIntRange(_OneLine, click.IntRange):
+    """A :class:`click.IntRange` whose bad value (not an integer, out of range) is one line, exit code 2."""
+
+
+def grid_blocks_option(help_prefix: str = ""):
+    """``--grid-blocks`` of ``analyze`` and ``plot``, its default from :class:`FigureConfig`."""
+    from ..plotting.common import FigureConfig
+
+    return click.option("--grid-blocks", type=OneLineIntRange(min=0), default=default(FigureConfig, "grid_blocks"),
+                        show_default=True,
+                        help=help_prefix + "Blocks shown in the per-block CCDF figures, evenly spaced, first and "
+                                           "last included (0: every block).")
 
 
 def setting_options(f):

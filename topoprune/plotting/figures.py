@@ -321,6 +321,8 @@ def save_figures(report, out_dir, *, config: FigureConfig | None = None, formats
     list of Path
         The files written.
     """
+    from tqdm.auto import tqdm
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = config or FigureConfig()
@@ -336,8 +338,6 @@ def save_figures(report, out_dir, *, config: FigureConfig | None = None, formats
         grid_roles.remove("mlp_gate")
     names = default_patterns(report) if patterns is None else [p for p in patterns if p in report.patterns]
     written: list[Path] = []
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=3 + len(grid_roles) + bool(names), disable=not progress, desc="figures", unit="figure",
                leave=False, dynamic_ncols=True)
 
@@ -356,19 +356,18 @@ def save_figures(report, out_dir, *, config: FigureConfig | None = None, formats
             fig.suptitle(f"{SIDE_LABELS[side].capitalize()} distributions by role (CCDF, log-log)")
             save(fig, f"ccdf_by_role_{side}")
         for role in grid_roles:
-            rows = m[m["role"] == role]
-            all_blocks = pd.to_numeric(rows["block"], errors="coerce").dropna().unique().tolist()
-            shown = grid_blocks(all_blocks, config.grid_blocks)
-            n = len(rows) if len(shown) == len(all_blocks) else int(
-                pd.to_numeric(rows["block"], errors="coerce").isin(shown).sum())
+            blocks = pd.to_numeric(m.loc[m["role"] == role, "block"], errors="coerce")
+            n_blocks = blocks.nunique()
+            shown = grid_blocks(blocks.dropna(), config.grid_blocks)
+            subset = len(shown) < n_blocks
+            n = int(blocks.isin(shown).sum()) if subset else len(blocks)
             fig, axes = _figure(2, n, (max(2.5 * n + 0.4, 6.0), 5.0), sharey=True)
             for i, side in enumerate(("in", "out")):
                 for ax in axes[i, 1:]:
                     ax.sharex(axes[i, 0])
-                plot_block_grid(report, role=role, side=side, axes=axes[i],
-                                blocks=None if len(shown) == len(all_blocks) else shown)
+                plot_block_grid(report, role=role, side=side, axes=axes[i], blocks=shown if subset else None)
             _outer_labels_rows(axes)
-            which = "by block" if len(shown) == len(all_blocks) else f"in {len(shown)} of {len(all_blocks)} blocks"
+            which = f"in {len(shown)} of {n_blocks} blocks" if subset else "by block"
             fig.suptitle(f"{ROLE_LABELS.get(role, role)} {which}: in-degree (top), out-degree (bottom)")
             save(fig, f"ccdf_blocks_{role}")
         fig, axes = _figure(1, 3, (12.0, 3.4))
