@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 from topoprune.cli import main
 from topoprune.errors import ConfigError
 from topoprune.graph.analysis import analyze_report
-from topoprune.graph.bipartite import from_mask, mask_degrees, select_edges
+from topoprune.graph.bipartite import from_mask, select_edges
+from topoprune.graph.degrees import mask_degrees
 from topoprune.graph.config import AnalysisConfig, resolve_device
 
 CUDA = torch.cuda.is_available()

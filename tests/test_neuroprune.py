@@ -151,6 +151,85 @@ def test_penalty_fused_gate_up_and_qkv_phi3():
     assert torch.allclose(np_.penalty(), expected, rtol=1e-6)
 
 
+def oracle_scores(m, arch, eps=5e-3):
+    """c_i of every MLP piece by the graph code (the analysis's degree implementation)."""
+    from topoprune.graph.bipartite import bipartite_graph
+    from topoprune.graph.config import GraphConfig
+
+    def conn(weight):
+        g = bipartite_graph(weight.detach(), GraphConfig(threshold=eps, mode="threshold"))
+        return torch.as_tensor(g.connectivity("in"), dtype=torch.float32).clamp_min(1.0 / weight.shape[1])
+    out = []
+    for i in range(2):
+        if arch == "bert":
+            out += [conn(w(m, f"bert.encoder.layer.{i}.{n}.dense.weight")) for n in ("intermediate", "output")]
+        else:
+            pre = f"model.layers.{i}.mlp."
+            gate_up = torch.cat([w(m, pre + "gate_proj.weight"), w(m, pre + "up_proj.weight")], dim=1)
+            out += [conn(gate_up)] * 2 + [conn(w(m, pre + "down_proj.weight"))]
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_default_config_keeps_attachment_scores_current_from_the_first_step(arch):
+    """With the default period the penalty's c_i are those of the weights after every step,
+    equal to the graph code's counts, also in a run shorter than any longer period."""
+    m = MODELS[arch]()
+    cfg = NeuroPruneConfig(penalty_form="gradient", eps=5e-3, mlp_weight=1e-3, attn_weight=1e-3,
+                           head_pruning="off")
+    np_ = NeuroPrune(m, cfg)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    dense = oracle_scores(m, arch)
+    checked = []
+
+    def check(stage, step):
+        if stage != "after":
+            return
+        with torch.no_grad():  # the penalty is the one a fresh count of these weights gives
+            fresh = NeuroPrune(copy.deepcopy(m), cfg).penalty()
+            assert float(np_.penalty()) == pytest.approx(float(fresh), rel=1e-6)
+        c = oracle_scores(m, arch)
+        s = np_.attachment_summary()
+        assert s["refreshes"] == step + 1 and s["step"] == step
+        assert s["mean"] == pytest.approx(float(c.mean()), abs=1e-6)
+        assert s["sd"] == pytest.approx(float(c.std(unbiased=False)), abs=1e-6)
+        assert s["min"] == pytest.approx(float(c.min()), abs=1e-6)
+        checked.append(float((c - dense).abs().max()))
+    train(m, np_, opt, range(1, 6), check)
+    assert len(checked) == 5 and checked[-1] > 0.05  # the graph moved, and the scores with it
+
+
+def test_target_mode_ranks_with_scores_of_the_weights_it_cuts():
+    """A long period does not leave the cut ranking |w| c_i with the dense c_i = 1."""
+    m = bert()
+    cfg = NeuroPruneConfig(**dict(CFG, refresh_every=1000, target=0.6, end=5, frequency=1, method="neuroprune"))
+    np_ = NeuroPrune(m, cfg)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    last, cuts, counted = [0.0], [], []
+
+    def check(stage, step):
+        if stage != "after":
+            return
+        mlp = np_.sparsity_report().query("level == 'role' and role in ('mlp_in', 'mlp_out')").sparsity.mean()
+        if mlp > last[0]:
+            cuts.append(step)
+        last[0] = mlp
+        counted.append(np_.attachment_summary()["step"])
+    train(m, np_, opt, range(1, 7), check)
+    assert len(cuts) >= 2 and all(counted[k - 1] == k for k in cuts)  # counted at each cut
+    assert counted[-1] == cuts[-1]  # and not in between: the period is 1000
+
+
+@pytest.mark.parametrize("method", ["neuroprune", "l1", "gmp", "random"])
+def test_every_masked_method_masks_the_same_attention_matrices(method):
+    m = bert()
+    np_ = NeuroPrune(m, NeuroPruneConfig(**dict(CFG, method=method, target=0.5, end=4)))
+    qkv = {f"bert.encoder.layer.{i}.attention.self.{n}.weight" for i in range(2) for n in ("query", "key", "value")}
+    assert qkv <= set(np_.masks.names())
+    off = NeuroPrune(bert(), NeuroPruneConfig(**dict(CFG, method=method, target=0.5, end=4, attention_masks=False)))
+    assert not qkv & set(off.masks.names())
+
+
 # ---------------------------------------------------------------- masks during training
 @pytest.mark.parametrize("arch", sorted(MODELS))
 def test_masked_entries_stay_zero_and_never_revive(arch):

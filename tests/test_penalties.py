@@ -7,6 +7,7 @@ import torch
 from topoprune.graph.config import GraphConfig
 from topoprune.errors import ConfigError, TensorError
 from topoprune.graph.bipartite import bipartite_graph
+from topoprune.graph.degrees import threshold_in_degree
 from topoprune.train.penalties import (attachment_scores, attention_group_penalty, l1_penalty,
                                  preferential_attachment_penalty)
 
@@ -36,6 +37,31 @@ def test_attachment_scores_match_graphs_and_have_no_grad():
     g = bipartite_graph(w, GraphConfig(threshold=1e-4, mode="threshold"))
     assert torch.allclose(c, torch.as_tensor(g.connectivity("in"), dtype=torch.float32))
     assert not c.requires_grad and c.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_threshold_in_degree_equals_the_graphs_in_degree(dtype):
+    g = torch.Generator().manual_seed(3)
+    w = (torch.randn(37, 53, generator=g) * 1e-3).to(dtype)  # many entries either side of 1e-3
+    w[0] = 0
+    w[1, :5] = -1e-3  # on the threshold: an edge
+    for t in (0.0, 1e-4, 1e-3):
+        graph = bipartite_graph(w.float() if dtype == torch.bfloat16 else w, GraphConfig(threshold=t, mode="threshold"))
+        got = threshold_in_degree(w, t)
+        assert got.dtype == torch.int32 and got.device == w.device
+        assert torch.equal(got.long(), torch.as_tensor(graph.in_degree()).long())
+
+
+def test_attachment_scores_of_a_gate_up_pair_equal_those_of_their_concatenation():
+    g = torch.Generator().manual_seed(4)
+    gate, up = torch.randn(12, 20, generator=g) * 1e-4, torch.randn(12, 30, generator=g) * 1e-4
+    cat = torch.cat([gate, up], dim=1)
+    assert torch.equal(attachment_scores([gate, up]), attachment_scores(cat))
+    graph = bipartite_graph(cat, GraphConfig(threshold=1e-4, mode="threshold"))
+    assert torch.allclose(attachment_scores((gate, up), floor=1e-9),
+                          torch.as_tensor(graph.connectivity("in"), dtype=torch.float32))
+    with pytest.raises(TensorError, match="rows differ"):
+        attachment_scores([gate, up[:5]])
 
 
 @pytest.mark.parametrize("floor", [0.0, -0.1, 1.5])

@@ -99,10 +99,10 @@ def test_proximal_penalty_is_not_in_the_loss(tok):
 def test_penalties_stop_at_the_end_in_paper_mode(tok):
     """With ``end`` the proximal steps stop: sparsity after 15 steps equals the sparsity at ``end``,
     give or take the epsilon masks of weights that fine-tuning itself brings under epsilon."""
-    small = {"mlp_weight": 2e-4, "attn_weight": 2e-4}
+    small = {"mlp_weight": 1e-4, "attn_weight": 2e-4}  # 78 % of mlp_in at step 5, 99 % at 15 when running on
     at_end, stopped, running = (_sparsity_after(tok, "proximal", steps=5, **small),
                                 _sparsity_after(tok, "proximal", end=5, **small), _sparsity_after(tok, "proximal", **small))
-    assert abs(stopped["mlp_in"] - at_end["mlp_in"]) < 0.01 and running["mlp_in"] > stopped["mlp_in"] + 0.05
+    assert abs(stopped["mlp_in"] - at_end["mlp_in"]) < 0.02 and running["mlp_in"] > stopped["mlp_in"] + 0.1
     cfg = NeuroPruneConfig(end_fraction=0.75, penalty_form="gradient", mlp_weight=1.0)
     assert cfg.resolved(100).end == 75 and NeuroPruneConfig().resolved(100).end is None
     np_ = NeuroPrune(_bert(tok), cfg.resolved(4))

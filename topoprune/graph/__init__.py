@@ -7,6 +7,7 @@
 ``binding``        the same for a live model: blocks, attention/MLP matrices, one oriented read/write
 ``masks``          keep-masks by parameter name (:class:`~topoprune.graph.masks.MaskSet`)
 ``bipartite``      weight matrices as bipartite graphs; layered block and model graphs
+``degrees``        the same degrees counted with torch on a tensor's device
 ``edges``          edge lists streamed into igraph and packed for worker processes
 ``metrics``        degree statistics, Gini, Leiden modularity
 ``fits``           discrete power-law fits with likelihood-ratio tests

@@ -37,8 +37,9 @@ from .config import AnalysisConfig, ConfigError, GraphConfig, resolve_device
 from ..errors import CheckpointError, TensorError
 from .fits import fit_degrees
 from .binding import canonical
-from .bipartite import (BipartiteGraph, LayeredGraph, attention_graph, from_mask, mask_degrees, mlp_graph,
+from .bipartite import (BipartiteGraph, LayeredGraph, attention_graph, from_mask, mlp_graph,
                         select_edges, stack)
+from .degrees import mask_degrees
 from .edges import PackedEdges
 from .guards import analysis_bytes, check_memory
 from .loading import open_checkpoint

@@ -10,9 +10,10 @@ and strengths are vectorised counts over ``B``:
 * fractional connectivity ``c_i = in_degree[i] / in`` is NeuroPrune's attachment score
   (Dhurandhar et al. 2024, arXiv 2404.01306), see :meth:`BipartiteGraph.connectivity`.
 
-This module is the project's only degree implementation: the analysis and the sparse
-trainer both call it. :func:`mask_degrees` counts the same degrees on an edge mask, with torch
-on the mask's device (the analysis's ``device``, the trainer's snapshots). igraph / networkx
+This module is the project's degree implementation: the analysis and the sparse trainer both
+call it. :mod:`~topoprune.graph.degrees` counts the same degrees with torch on a tensor's device,
+without building the graph (the analysis's ``device``, the trainer's snapshots and attachment
+scores); the tests hold those counts equal to this module's. igraph / networkx
 objects are built only on request (:meth:`BipartiteGraph.to_igraph`, :meth:`LayeredGraph.to_networkx`, ...).
 """
 from __future__ import annotations
@@ -168,36 +169,6 @@ def row_top_k_mask(scores: torch.Tensor, k) -> torch.BoolTensor:
 def edge_mask(weight, config: GraphConfig | None = None, *, name: str = "weight") -> torch.Tensor:
     """Boolean edge mask of ``weight``, shape [out, in]; see :func:`select_edges`."""
     return select_edges(weight, config, name=name).mask
-
-
-def mask_degrees(mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """In- and out-degrees of the bipartite graph whose edges are the True entries of ``mask``.
-
-    Parameters
-    ----------
-    mask : torch.BoolTensor, shape [out, in]
-        An edge mask (:func:`select_edges`, a pruning mask), on any device.
-
-    Returns
-    -------
-    (ndarray, ndarray)
-        ``in_degree`` [out] (row counts) and ``out_degree`` [in] (column counts), int64 on the
-        CPU, counted by torch reductions on the mask's device: the counts
-        :meth:`BipartiteGraph.in_degree` and :meth:`BipartiteGraph.out_degree` read from the
-        graph's CSR form, without building it.
-
-    Notes
-    -----
-    The mask is summed as bytes into int32 counts (exact: a row or column has fewer than
-    2**31 entries). Summing the bool tensor with ``dtype=torch.int64`` converts it to an int64
-    copy first: eight bytes per entry, twice the memory of the float32 matrix, and 2-4x slower.
-    """
-    m = mask.detach()
-    if m.dtype != torch.bool:
-        m = m != 0
-    u = m.contiguous().view(torch.uint8)  # [out, in], one byte per entry, no copy
-    return (u.sum(1, dtype=torch.int32).cpu().numpy().astype(np.int64),
-            u.sum(0, dtype=torch.int32).cpu().numpy().astype(np.int64))
 
 
 def _csr(mask: torch.Tensor, values: torch.Tensor | None) -> sp.csr_array:

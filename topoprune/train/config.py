@@ -71,9 +71,13 @@ class NeuroPruneConfig:
         Connection threshold :math:`\varepsilon > 0` (paper: 1e-4); head-similarity
         threshold :math:`\theta \ge 0` (paper default 0.15).
     refresh_every : int
-        Recompute :math:`c_i` every this many steps (>= 1). Default 50: the count runs
-        through the project's graph code on the CPU (~0.2 s for a 3072 x 768 matrix, ~5 s a
-        refresh on BERT-base), while :math:`c_i` only moves when entries cross :math:`\varepsilon`.
+        Recount :math:`c_i` every this many optimiser steps (>= 1). Default 1: the count is one
+        pass over each MLP matrix on its own device (:func:`~topoprune.train.penalties.attachment_scores`),
+        so the scores follow the graph through the whole schedule. A longer period leaves
+        :math:`c_i` stale between counts; before the first count after the dense start it is
+        :math:`\approx 1` for every neuron, and then the weighted penalty is plain l1 and the
+        keep-score :math:`|w|\,c_i` plain magnitude (GMP): a run shorter than the period never
+        uses the graph at all. Target mode recounts before every cut whatever the period.
     head_pruning, head_every_steps : {"epoch", "steps", "off"}, int or None
         When ELIM_REDUNDANT runs (``neuroprune`` only): :meth:`NeuroPrune.end_epoch`, every
         ``head_every_steps`` (>= 1) optimiser steps, or never.
@@ -103,7 +107,9 @@ class NeuroPruneConfig:
         Seed of the ``random`` method. Roles sparsified by the PA penalty (MLP roles), epsilon
         masks (paper mode) and the target schedule (target mode); default every MLP matrix.
     attention_masks : bool
-        Also prune Q/K/V entries below :math:`\varepsilon` (``neuroprune``, ``l1``; both modes).
+        Also prune Q/K/V entries below :math:`\varepsilon`, in both modes and for every method
+        but ``dense``, so that NeuroPrune and its baselines mask the same matrices by the same
+        rule (only the penalised methods drive Q/K/V weights towards it).
     delta, sync_every : float, int
         Square-root smoothing :math:`\delta \ge 0` of the attention penalty; under
         ``torch.distributed`` also broadcast rank 0's masks every ``sync_every`` steps (0: never).
@@ -115,7 +121,7 @@ class NeuroPruneConfig:
     penalty_form: str | None = None
     eps: float = EPSILON
     theta: float = THETA
-    refresh_every: int = 50
+    refresh_every: int = 1
     head_pruning: str = "epoch"
     head_every_steps: int | None = None
     head_include_bias: bool = False

@@ -7,7 +7,8 @@ The loss is :math:`\mathcal{L}_\text{task} + \alpha R_\text{mlp} + \beta R_\text
 
 * :math:`R_\text{mlp} = \sum_W \sum_i \lVert W_{i,:}\rVert_1 / c_i` over every MLP matrix
   (expand and contract), :math:`c_i` the fraction of row ``i`` with :math:`|w| \ge \varepsilon`
-  (:func:`~topoprune.train.penalties.attachment_scores`), refreshed every ``refresh_every`` steps.
+  (:func:`~topoprune.train.penalties.attachment_scores`), recounted on the weights' device after
+  every optimiser step (``refresh_every``, default 1) and before every cut of the target schedule.
   In a gated MLP gate and up rows feed the same hidden neuron, so both get the score of the
   neuron's fan-in over ``cat([W_gate, W_up], 1)``, i.e. the mean of the two connectivities;
 * :math:`R_\text{att} = \sum_\ell \sum_j (\sum_r |A^\ell_{rj}| + \delta)^{1/2}` with
@@ -108,7 +109,7 @@ class NeuroPrune:
         if cfg.target is not None and not sparse:
             raise ConfigError(f"target mode: no matrix with roles {cfg.roles} in {type(model).__name__}")
         thresholded = sparse if penalised and cfg.target is None else []
-        if penalised and cfg.attention_masks:
+        if cfg.method != "dense" and cfg.attention_masks:  # every masked method alike: baselines too
             thresholded += [s for la in self._layers for s in la.qkv if s not in thresholded + self._scheduled]
         self._schedule = get_schedule(**cfg.schedule_config().to_dict()) if cfg.target is not None else None
         self.masks = MaskSet()
@@ -119,6 +120,7 @@ class NeuroPrune:
             self.masks.update(s.tensor, torch.ones_like(self._p(s.tensor), dtype=torch.bool))
         self.head_decisions: list[HeadPruningDecision] = []
         self._removed, self._scores, self._priorities, self.step = {}, {}, {}, 0  # layer->heads, name->c, name->rand
+        self._refreshes, self._scores_step = 0, 0  # counts of c_i made, and the step of the last
         self._structure = None
         if cfg.neuron_target is not None or cfg.head_target is not None:
             self._structure = StructuredPruner(self.binding, self.masks, cfg, self._layers, self._removed)
@@ -163,7 +165,8 @@ class NeuroPrune:
         return total
 
     def _refresh_scores(self) -> None:
-        """Attachment scores :math:`c_i` of the PA and target pieces; gate and up share theirs."""
+        """Recount the attachment scores :math:`c_i` of the PA and target pieces on the weights'
+        device (one pass over each); gate and up share theirs. Logged in :meth:`attachment_summary`."""
         if self.config.method != "neuroprune":
             return
         pieces = {s.name: s for s in self._pa + self._scheduled}
@@ -172,8 +175,27 @@ class NeuroPrune:
             for s in pieces.values():
                 pair = [gated.get((s.tensor.rsplit(".", 2)[0], r)) for r in ("mlp_gate", "mlp_up")]
                 both = s.role in ("mlp_gate", "mlp_up") and None not in pair  # [d_e, 2d]: fan-in via gate and up
-                w = torch.cat([self._w(x).detach() for x in pair], dim=1) if both else self._w(s).detach()
+                w = [self._w(x).detach() for x in pair] if both else self._w(s).detach()
                 self._scores[s.name] = attachment_scores(w, eps=self.config.eps)
+        self._refreshes, self._scores_step = self._refreshes + 1, self.step
+
+    def attachment_summary(self) -> dict:
+        r"""What the attachment scores were when last counted: evidence that the term acted.
+
+        Returns
+        -------
+        dict
+            ``refreshes`` (counts made, the one at construction included), ``step`` (the step of
+            the last count), and over every neuron of the scored pieces ``mean``, ``sd`` and
+            ``min`` of :math:`c_i` (``pieces`` of them); at :math:`c_i = 1` for every neuron the
+            weighted penalty is plain l1 and the keep-score plain magnitude. Empty unless
+            ``method="neuroprune"``.
+        """
+        if not self._scores:
+            return {}
+        c = torch.cat([v.detach().float().reshape(-1).cpu() for v in self._scores.values()])  # [neurons]
+        return {"refreshes": self._refreshes, "step": self._scores_step, "pieces": len(self._scores),
+                "mean": float(c.mean()), "sd": float(c.std(unbiased=False)), "min": float(c.min())}
 
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Zero the gradients of pruned entries (after ``backward``, before ``optimizer.step``)."""
@@ -185,13 +207,16 @@ class NeuroPrune:
         In order: prune thresholded entries now below :math:`\varepsilon`; in target mode cut
         the scheduled pieces to the schedule's sparsity at ``step``; in structured target mode
         prune whole neurons and heads to their scheduled shares; zero pruned weights and
-        optimiser state; refresh :math:`c_i` when ``step % refresh_every == 0``; prune heads
+        optimiser state; recount :math:`c_i` when ``step % refresh_every == 0`` (and, in target
+        mode, before a cut, which ranks :math:`|w_{ij}|\,c_i`); prune heads
         when ``head_pruning="steps"`` and ``step % head_every_steps == 0``.
         """
         cfg, self.step, sched = self.config, int(step), self._schedule
         if cfg.penalty_form == "proximal" and optimizer is not None and self.penalties_active(self.step):
             self._proximal(optimizer)
         self._threshold()
+        if sched is not None and cfg.method == "neuroprune" and sched(self.step) > sched(self.step - 1):
+            self._refresh_scores()  # the cut ranks |w| c_i: c_i of the weights it cuts
         self._apply_schedule(self.step)  # sync on a function of the step alone, so every rank joins in:
         if self._structure is not None:
             self._structure.apply(self.step)

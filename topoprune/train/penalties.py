@@ -26,6 +26,7 @@ import torch
 from ..graph.config import GraphConfig
 from ..errors import ConfigError, TensorError
 from ..graph.bipartite import bipartite_graph
+from ..graph.degrees import threshold_in_degree
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def _check_matrix(weight: torch.Tensor, name: str) -> None:
         raise TensorError(f"{name}: expected a 2-D [out, in] tensor, got {shape}")
 
 
-def attachment_scores(weight: torch.Tensor, eps: float = EPSILON, floor: float | None = None) -> torch.Tensor:
+def attachment_scores(weight, eps: float = EPSILON, floor: float | None = None) -> torch.Tensor:
     r"""Fractional connectivity :math:`c_i` of every row (output neuron) of ``weight``.
 
     .. math::
@@ -55,14 +56,22 @@ def attachment_scores(weight: torch.Tensor, eps: float = EPSILON, floor: float |
             = \frac{n_\text{in} - n_i}{n_\text{in}},
 
     with :math:`n_i` the number of entries of row ``i`` below :math:`\varepsilon`
-    (Dhurandhar et al. 2024, arXiv 2404.01306, Sec. 3). The count is made by the
-    project's single degree implementation: the bipartite graph of ``weight`` in
-    ``threshold`` mode (:func:`topoprune.graph.bipartite.bipartite_graph`) and its
-    :meth:`~topoprune.graph.bipartite.BipartiteGraph.connectivity` ``("in")``.
+    (Dhurandhar et al. 2024, arXiv 2404.01306, Sec. 3). The count is one pass over the
+    weights on their own device (:func:`topoprune.graph.degrees.threshold_in_degree`): the
+    fan-in of the matrix's bipartite graph in ``threshold`` mode, equal to
+    :meth:`~topoprune.graph.bipartite.BipartiteGraph.connectivity` ``("in")`` of
+    :func:`~topoprune.graph.bipartite.bipartite_graph` (the tests hold them equal). It is cheap
+    enough for the trainer to recount every step, so that the weights :math:`1/c_i` describe
+    the current graph: a score counted on the dense weights is :math:`\approx 1` for every
+    neuron, and with it the weighted penalty is plain l1 and the keep-score :math:`|w|\,c_i`
+    plain magnitude.
 
     Parameters
     ----------
-    weight : torch.Tensor, shape [out, in]
+    weight : torch.Tensor, shape [out, in], or a sequence of them
+        Several matrices with the same rows (a gated MLP's gate and up projections, which feed
+        the same hidden neurons) give the fan-in over their concatenation along the inputs,
+        counted without building it.
     eps : float
         Connection threshold :math:`\varepsilon` (paper: 1e-4). Exact zeros are never edges.
     floor : float or None
@@ -81,21 +90,26 @@ def attachment_scores(weight: torch.Tensor, eps: float = EPSILON, floor: float |
     ConfigError
         ``eps`` negative or ``floor`` outside (0, 1].
     TensorError
-        ``weight`` not 2-D, or containing NaN / Inf.
-
-    Notes
-    -----
-    The graph is built on the CPU (``scipy.sparse``), so a GPU weight costs one
-    device-to-host copy per call; the count itself is a row reduction.
+        ``weight`` not 2-D, the matrices' rows differ, or an entry is NaN / Inf.
     """
-    _check_matrix(weight, "weight")
-    n_in = weight.shape[1]
+    ws = list(weight) if isinstance(weight, (list, tuple)) else [weight]
+    for w in ws:
+        _check_matrix(w, "weight")
+    if len({w.shape[0] for w in ws}) != 1:
+        raise TensorError(f"weight: the matrices' rows differ: {[tuple(w.shape) for w in ws]}")
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+        raise ConfigError(f"connection threshold eps must be a finite number >= 0, got {eps!r}")
+    n_in = sum(w.shape[1] for w in ws)
     if floor is None:
         floor = 1.0 / max(n_in, 1)
     if not (isinstance(floor, (int, float)) and 0.0 < floor <= 1.0):
         raise ConfigError(f"connectivity floor must be in (0, 1], got {floor!r}")
-    graph = bipartite_graph(weight.detach().cpu(), GraphConfig(threshold=eps, mode="threshold"))
-    c = torch.as_tensor(graph.connectivity("in"), dtype=weight.dtype, device=weight.device)  # [out]
+    with torch.no_grad():
+        for w in ws:  # one reduction; the elementwise check only when the sum is not finite
+            if not bool(torch.isfinite(w.sum())) and not bool(torch.isfinite(w).all()):
+                raise TensorError("weight: contains NaN or Inf values")
+        degree = sum(threshold_in_degree(w, eps) for w in ws)  # [out] int32, on the weights' device
+        c = (degree.float() / max(n_in, 1)).to(ws[0].dtype)  # [out]
     if log.isEnabledFor(logging.DEBUG):
         log.debug("attachment scores: %d of %d rows below the floor %.3g", int((c < floor).sum()), c.numel(), floor)
     return c.clamp_min(floor)

@@ -353,6 +353,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                                                                if isinstance(v, (int, float))},
         "sparsity": json.loads(sparsity.to_json(orient="records")),
         "heads_remaining": npr.heads_remaining(),
+        "attachment": npr.attachment_summary(),
         "topology_skipped": list(trainer.np_callback.tracker.skipped) if trainer.np_callback.tracker else [],
         "topology_matrices_by_rank": {str(r): n for r, n in sorted(trainer.np_callback.tracker.by_rank.items())}
         if trainer.np_callback.tracker else {},

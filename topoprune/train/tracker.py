@@ -41,7 +41,8 @@ import pandas as pd
 import torch
 
 from ..graph.binding import Binding
-from ..graph.bipartite import from_mask, mask_degrees, select_edges
+from ..graph.bipartite import from_mask, select_edges
+from ..graph.degrees import mask_degrees
 from ..graph.config import FitConfig, GraphConfig, ModularityConfig
 from ..graph.fits import fit_degrees
 from ..graph.metrics import degree_stats, edge_modularity
