@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test install bench bench-train bench-oneshot bench-owl bench-compact bench-distill bench-gather bench-heads bench-heads-train bench-frontier bench-separate bench-topology bench-scaling figures clean
+.PHONY: demo test install bench bench-train bench-oneshot bench-owl bench-compact bench-distill bench-gather bench-heads bench-heads-train bench-frontier bench-separate bench-paper bench-topology bench-scaling stale figures clean
 
 install: $(STAMP)
 
@@ -62,6 +62,13 @@ bench-frontier: $(STAMP)
 
 bench-separate: $(STAMP)
 	$(PY) analysis/bench_separate.py --resume
+
+bench-paper: $(STAMP)
+	$(PY) analysis/bench_paper_compare.py --resume
+
+# the stored results whose measured code has changed since they were measured
+stale: $(STAMP)
+	$(PY) analysis/stale.py
 
 bench-scaling: $(STAMP)
 	$(PY) analysis/bench_scaling.py --resume

@@ -10,7 +10,7 @@ fine-tuning).
 
 Run: ``make bench-train`` (``.venv/bin/python analysis/bench_neuroprune.py --resume``); writes
 ``analysis/results/bench_neuroprune.json`` (after every run, so a killed benchmark keeps its finished
-runs; ``--resume`` skips runs the file already holds with identical settings) and
+runs; ``--resume`` skips runs the file already holds with identical settings and code fingerprint) and
 ``figures/neuroprune_accuracy.{png,svg}``.
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import topoprune  # noqa: E402
 from analysis.figsave import save_figure  # noqa: E402
+from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
 from topoprune.graph.config import AnalysisConfig, GraphConfig  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 from topoprune.train.run import TrainConfig, train  # noqa: E402
@@ -57,7 +58,8 @@ def run(method: str, target: float | None, args, workdir: Path) -> dict:
     conn = mlp_connectivity(out / "model", 1e-4)
     row = {"method": method, "target": target, "accuracy": rec["metrics"].get("eval_accuracy"),
            "train_seconds": rec["train_seconds"], "wall_seconds": wall, "seconds_per_step": rec["seconds_per_step"],
-           "steps": rec["steps"], "heads_remaining": sum(rec["heads_remaining"].values()), **conn}
+           "steps": rec["steps"], "heads_remaining": sum(rec["heads_remaining"].values()),
+           "attachment": rec.get("attachment", {}), **conn}
     print(json.dumps(row), flush=True)
     return row
 
@@ -83,15 +85,16 @@ def main():
         args.n_train, args.n_eval, args.targets = 500, 200, "0.7"
     targets = [float(t) for t in args.targets.split(",")]
     out = Path(args.out)
-    same = ("epochs", "lr", "n_train", "n_eval", "topology_every")
-    settings = {k: v for k, v in vars(args).items() if k != "resume"}
+    same = ("epochs", "lr", "n_train", "n_eval", "topology_every", "code")
+    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "out")}
+    settings["code"] = code_fingerprint("train", "graph", "models.py", measured=(run, mlp_connectivity))
     done: dict = {}
     if args.resume and out.is_file():
         old = json.loads(out.read_text())
         if all(old["settings"].get(k) == settings[k] for k in same):
             done = {(r["method"], r["target"]): r for r in old["rows"]}
         else:
-            print(f"# {out} holds other settings; starting afresh", file=sys.stderr, flush=True)
+            print(f"# {out} holds other settings or code; starting afresh", file=sys.stderr, flush=True)
     plan = [("dense", None)] + [(m, t) for t in targets for m in args.methods.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="topoprune-bench-np-") as tmp:
@@ -101,8 +104,8 @@ def main():
             for r in rows:
                 r["step_time_vs_dense"] = r["seconds_per_step"] / dense["seconds_per_step"]
             with atomic_path(out) as tmp_out:
-                tmp_out.write_text(json.dumps({"settings": settings, "machine": {"cpus": os.cpu_count()},
-                                               "rows": rows}, indent=1))
+                tmp_out.write_text(json.dumps({"settings": settings, **provenance(),
+                                               "machine": {"cpus": os.cpu_count()}, "rows": rows}, indent=1))
     if done:
         print(f"# resumed: {sum(1 for k in plan if k in done)} of {len(plan)} runs taken from {out}", flush=True)
     print("| method | sparsity | accuracy | measured MLP sparsity | conn. sd (entries) | conn. sd (%) | s/step "

@@ -85,15 +85,16 @@ def block_losses(model_dir: Path, n_blocks: int, block_size: int, batch: int = 8
     return out
 
 
-def example_correct(model_dir: Path, setting: str, seed: int, batch: int = 64) -> str:
+def example_correct(model_dir: Path, setting: str, seed: int, batch: int = 64, config: dict | None = None) -> str:
     """Whether the model classifies each held-out tweet of the run correctly, as a string of 0/1 in
-    the order of the evaluation split, so that two methods can be compared tweet by tweet."""
+    the order of the evaluation split, so that two methods can be compared tweet by tweet.
+    ``config``: the setting's TrainConfig fields, when ``setting`` is not one of :data:`SETTINGS`."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from topoprune.train.data import load_task
 
-    cfg = SETTINGS[setting]
+    cfg = config or SETTINGS[setting]
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
     data = load_task(cfg["data"], tok, max_length=cfg["max_length"], n_train=cfg["n_train"], n_eval=cfg["n_eval"],
@@ -167,18 +168,19 @@ def group_runs(rows: list[dict]) -> dict:
     return groups
 
 
-def paired_over_seeds(groups: dict, method: str, target: float | None, field: str, compare):
-    """A method's paired difference from GMP at the same sparsity, over the seeds both were run with.
+def paired_over_seeds(groups: dict, method: str, target: float | None, field: str, compare, reference: str = "gmp"):
+    """A method's paired difference from GMP (or ``reference``) at the same sparsity, over the seeds
+    both were run with.
 
     Each seed's runs share their held-out examples (the split is drawn with the seed), so each seed
     gives a paired difference and its standard error; the result is their mean, the standard error of
     that mean (sqrt(sum se_i^2) / k, the seeds' test noise being independent), and the per-seed
-    differences (whose spread shows the training noise). ``None`` for GMP itself and where no seed
-    has both runs.
+    differences (whose spread shows the training noise). ``None`` for the reference itself and where
+    no seed has both runs.
     """
-    if method == "gmp":
+    if method == reference:
         return None
-    gmp = {r["seed"]: r.get(field) for r in groups.get(("gmp", target), [])}
+    gmp = {r["seed"]: r.get(field) for r in groups.get((reference, target), [])}
     per_seed = [compare(r[field], gmp[r["seed"]]) for r in sorted(groups.get((method, target), []),
                                                                       key=lambda r: r["seed"])
                 if r.get(field) and gmp.get(r["seed"])]

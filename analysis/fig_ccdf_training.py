@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from analysis.figsave import save_figure  # noqa: E402
+from analysis.fingerprint import provenance  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "ccdf_training.npz"
@@ -66,7 +67,8 @@ def record(method: str, args, work: Path) -> dict:
                       n_train=args.n_train, n_eval=args.n_eval, seed=args.seed, topology_every=0, save_steps=10_000,
                       neuroprune={"method": method, "target": args.target, "eps": args.eps})
     rec = train(cfg, overwrite=True, progress=False, callbacks=[Recorder()])
-    return {"degrees": out, "accuracy": rec["metrics"].get("eval_accuracy"), "steps": rec["steps"]}
+    return {"degrees": out, "accuracy": rec["metrics"].get("eval_accuracy"), "steps": rec["steps"],
+            "attachment": rec.get("attachment", {})}
 
 
 def plot(data: dict, meta: dict) -> None:
@@ -121,11 +123,11 @@ def main():
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        arrays, meta = {}, {"target": args.target}
+        arrays, meta = {}, {"target": args.target, **provenance()}
         with tempfile.TemporaryDirectory(prefix="ccdf-training-") as tmp:
             for method in METHODS:
                 got = record(method, args, Path(tmp))
-                meta[method] = {"accuracy": got["accuracy"], "steps": got["steps"]}
+                meta[method] = {"accuracy": got["accuracy"], "steps": got["steps"], "attachment": got["attachment"]}
                 for (role, step), deg in got["degrees"].items():
                     arrays[f"{method}/{role}/{step}"] = deg
                 print(method, json.dumps(meta[method]), flush=True)

@@ -44,3 +44,14 @@ def code_fingerprint(*parts: str, measured: tuple = ()) -> str:
             h.update(str(caller.relative_to(ROOT)).encode())
             h.update(caller.read_bytes())
     return h.hexdigest()[:16]
+
+
+def provenance() -> dict:
+    """The commit the working tree is at, and whether it has uncommitted changes to the package
+    or the benchmarks, for a results file's ``"commit"`` (read by ``analysis/stale.py``)."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = git("status", "--porcelain", "--", "topoprune", "analysis/*.py")
+    return {"commit": git("rev-parse", "HEAD") or None, "uncommitted_changes": bool(dirty)}

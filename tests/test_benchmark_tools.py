@@ -1,5 +1,6 @@
 """The benchmarks' shared tools: the code fingerprint that invalidates stored results, and figure saving."""
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -125,3 +126,82 @@ def test_paired_difference_over_seeds_pairs_each_seed_with_its_own_gmp_run():
     assert mean == pytest.approx(0.0) and se == pytest.approx(math.hypot(se0, se1) / 2)
     assert paired_over_seeds(groups, "l1", 0.5, "correct", paired_accuracy) is None
     assert paired_over_seeds(groups, "neuroprune", 0.7, "correct", paired_accuracy) is None
+
+
+def test_paired_difference_over_seeds_against_another_reference():
+    from analysis.bench_separate import paired_accuracy, paired_over_seeds
+
+    groups = {("l1", 0.5): [{"seed": 0, "correct": "1000"}], ("neuroprune", 0.5): [{"seed": 0, "correct": "1100"}]}
+    mean, _, per_seed = paired_over_seeds(groups, "neuroprune", 0.5, "correct", paired_accuracy, reference="l1")
+    assert mean == per_seed[0] == pytest.approx(25.0)
+    assert paired_over_seeds(groups, "l1", 0.5, "correct", paired_accuracy, reference="l1") is None
+
+
+def test_bracketing_reaches_a_matched_sparsity_on_a_monotone_response():
+    """next_alpha on a synthetic alpha -> sparsity curve (logit-linear with another slope, then a
+    saturating one) lands within one point in a few tries, and stays inside a bracket once it has one."""
+    from analysis.bench_paper_compare import next_alpha
+
+    curves = {"logit-linear": lambda a: 1 / (1 + (2e-5 / a) ** 2.7),
+              "saturating": lambda a: 1 - math.exp(-a / 4e-5)}
+    for name, curve in curves.items():
+        for target in (0.5, 0.7, 0.9):
+            tries = []
+            for _ in range(5):
+                alpha = next_alpha(tries, target, first=3e-5)
+                tries.append((alpha, curve(alpha)))
+                if abs(tries[-1][1] - target) <= 0.01:
+                    break
+            assert abs(tries[-1][1] - target) <= 0.01, (name, target, tries)
+    assert next_alpha([], 0.5, first=3e-5) == 3e-5
+    lo, hi = (1e-5, 0.3), (4e-5, 0.8)
+    assert lo[0] < next_alpha([lo, hi], 0.5, first=3e-5) < hi[0]
+    # a secant that falls (noise) is not followed: the assumed slope still raises alpha below the target
+    assert next_alpha([(1e-5, 0.40), (2e-5, 0.35)], 0.5, first=3e-5) > 1e-5
+
+
+def _git_repo(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "t")
+    (tmp_path / "topoprune" / "train").mkdir(parents=True)
+    (tmp_path / "analysis" / "results").mkdir(parents=True)
+    (tmp_path / "topoprune" / "train" / "a.py").write_text('"""Doc."""\nX = 1  # note\n')
+    (tmp_path / "topoprune" / "graph.py").write_text("Y = 2\n")
+    (tmp_path / "analysis" / "bench.py").write_text("Z = 3\n")
+    (tmp_path / "analysis" / "results" / "r.json").write_text("{}")
+    git("add", "-A")
+    git("commit", "-qm", "measured")
+    return git
+
+
+def test_stale_lists_results_whose_measured_code_changed(tmp_path):
+    from analysis.stale import status
+
+    git = _git_repo(tmp_path)
+    sources = {"r.json": ("bench.py", ("train",))}
+    results = tmp_path / "analysis" / "results"
+    (r,) = status(results, tmp_path, sources)
+    assert not r.stale and r.commit
+    # docstrings and comments are not code; another part of the package is not measured
+    (tmp_path / "topoprune" / "train" / "a.py").write_text('"""Another doc."""\nX = 1  # another note\n')
+    (tmp_path / "topoprune" / "graph.py").write_text("Y = 5\n")
+    assert not status(results, tmp_path, sources)[0].stale
+    (tmp_path / "topoprune" / "train" / "a.py").write_text('"""Doc."""\nX = 2\n')
+    (tmp_path / "topoprune" / "train" / "new.py").write_text("W = 0\n")
+    assert status(results, tmp_path, sources)[0].changed == ("topoprune/train/a.py", "topoprune/train/new.py")
+    git("add", "-A")
+    git("commit", "-qm", "code changed")
+    assert status(results, tmp_path, sources)[0].stale  # committing the change does not make the result current
+    (results / "r.json").write_text(json.dumps({"commit": _head(tmp_path)}))  # re-measured at the new commit
+    assert not status(results, tmp_path, sources)[0].stale
+
+
+def _head(root):
+    import subprocess
+
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()

@@ -1,0 +1,159 @@
+"""Which stored benchmark results were measured on code that has changed since.
+
+Every results file under ``analysis/results/`` comes from one benchmark script, which measures
+some parts of the package. A result is *stale* when the code of a file of those parts, or of the script
+itself, differs between the commit the result was measured at and the working tree (docstrings
+and comments aside: files are compared as Python syntax trees without them): it must be
+re-measured, or its text in BENCHMARKS.md must say why it still applies.
+
+The measured commit is the ``"commit"`` a results file records
+(:func:`analysis.fingerprint.provenance`; in an ``.npz`` file, in its ``meta`` JSON); a file without one is dated by the last commit that
+wrote it (results are committed with the code that produced them, so this is the latest the
+measurement can be).
+
+Run: ``make stale`` (``.venv/bin/python analysis/stale.py``): one line per results file --
+current, or stale with the changed files; ``--strict`` exits 1 when any result is stale.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: results file (under analysis/results) -> (the script that writes it, the package parts it measures).
+SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "bench_analysis.json": ("bench_analysis.py", ("graph", "models.py", "io.py", "assets.py")),
+    "bench_analysis_memory.json": ("bench_analysis.py", ("graph", "models.py", "io.py", "assets.py")),
+    "bench_compact.json": ("bench_compact.py", ("train", "graph", "compaction", "models.py")),
+    "bench_distill.json": ("bench_distill.py", ("train", "graph", "compaction", "models.py")),
+    "bench_distill_large.json": ("bench_distill.py", ("train", "graph", "compaction", "models.py")),
+    "bench_distill_large_neurons.json": ("bench_distill.py", ("train", "graph", "compaction", "models.py")),
+    "bench_distill_long.json": ("bench_distill.py", ("train", "graph", "compaction", "models.py")),
+    "bench_gather.json": ("bench_gather.py", ("train", "graph", "models.py")),
+    "bench_heads.json": ("bench_heads.py", ("train", "graph", "models.py")),
+    "bench_heads_train.json": ("bench_heads_train.py", ("train", "graph", "compaction", "models.py")),
+    "bench_neuroprune.json": ("bench_neuroprune.py", ("train", "graph", "models.py")),
+    "bench_oneshot.json": ("bench_oneshot.py", ("oneshot", "graph", "models.py")),
+    "bench_paper_compare.json": ("bench_paper_compare.py", ("train", "graph", "models.py")),
+    "bench_scaling.json": ("bench_scaling.py", ("graph",)),
+    "bench_scaling_cluster_0.5b.json": ("bench_scaling.py", ("graph",)),
+    "bench_separate.json": ("bench_separate.py", ("train", "graph", "models.py")),
+    "bench_topology.json": ("bench_topology.py", ("train", "graph", "models.py")),
+    "ccdf_training.npz": ("fig_ccdf_training.py", ("train", "graph", "models.py")),
+    "frontier.json": ("frontier_paper_mode.py", ("train", "graph", "models.py")),
+    "owl_sweep.json": ("owl_sweep.py", ("oneshot", "graph", "models.py")),
+    "paper_mode.json": ("sweep_paper_mode.py", ("train", "graph", "models.py")),
+}
+
+
+@dataclass(frozen=True)
+class Status:
+    """One results file: the commit it was measured at and the measured files changed since."""
+
+    results: str
+    commit: str | None
+    changed: tuple[str, ...]
+
+    @property
+    def stale(self) -> bool:
+        return self.commit is None or bool(self.changed)
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def measured_commit(path: Path, root: Path = ROOT) -> str | None:
+    """The commit ``path`` was measured at: its ``"commit"`` field, else the last commit that wrote it."""
+    recorded = None
+    try:
+        if path.suffix == ".json":
+            recorded = json.loads(path.read_text()).get("commit")
+        elif path.suffix == ".npz":  # the figures' degree sequences keep their settings as JSON in "meta"
+            import numpy as np
+            with np.load(path) as f:
+                recorded = json.loads(str(f["meta"])).get("commit") if "meta" in f.files else None
+    except (ValueError, AttributeError, OSError):
+        recorded = None
+    if recorded:
+        return str(recorded)
+    return _git(root, "log", "-1", "--format=%H", "--", str(path.relative_to(root))) or None
+
+
+def _code(source: str) -> str | None:
+    """``source``'s syntax tree without docstrings (comments are not in it); None if it does not parse."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def changed_since(commit: str, paths: list[str], root: Path = ROOT) -> tuple[str, ...]:
+    """Files under ``paths`` (relative to ``root``) whose code differs between ``commit`` and the
+    working tree: added, removed, or changed in more than docstrings and comments."""
+    diff = _git(root, "diff", "--name-only", commit, "--", *paths).splitlines()
+    untracked = _git(root, "ls-files", "--others", "--exclude-standard", "--", *paths).splitlines()
+    changed = set(untracked)
+    for name in diff:
+        now = root / name
+        try:
+            before = _git(root, "show", f"{commit}:{name}")
+        except subprocess.CalledProcessError:  # added since
+            changed.add(name)
+            continue
+        if not now.is_file() or not name.endswith(".py") or _code(before) is None \
+                or _code(before) != _code(now.read_text()):
+            changed.add(name)
+    return tuple(sorted(changed - {""}))
+
+
+def status(results_dir: Path = ROOT / "analysis" / "results", root: Path = ROOT,
+           sources: dict = SOURCES) -> list[Status]:
+    """The :class:`Status` of every results file in ``results_dir`` that ``sources`` knows."""
+    rows = []
+    for path in sorted(results_dir.iterdir()):
+        if path.name not in sources:
+            continue
+        script, parts = sources[path.name]
+        commit = measured_commit(path, root)
+        measured = [f"analysis/{script}"] + [f"topoprune/{p}" for p in parts]
+        rows.append(Status(path.name, commit, changed_since(commit, measured, root) if commit else ()))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--strict", action="store_true", help="exit 1 when any result is stale")
+    args = ap.parse_args(argv)
+    known = set(SOURCES)
+    unknown = sorted(p.name for p in (ROOT / "analysis" / "results").iterdir() if p.name not in known)
+    rows = status()
+    for r in rows:
+        if r.commit is None:
+            print(f"stale    {r.results}: never committed, so its code is unknown")
+        elif r.changed:
+            shown = ", ".join(r.changed[:6]) + (f" and {len(r.changed) - 6} more" if len(r.changed) > 6 else "")
+            print(f"stale    {r.results} (measured at {r.commit[:7]}): {shown}")
+        else:
+            print(f"current  {r.results} (measured at {r.commit[:7]})")
+    for name in unknown:
+        print(f"unknown  {name}: no entry in analysis/stale.py SOURCES")
+    n = sum(r.stale for r in rows)
+    print(f"{n} of {len(rows)} results measured on code that changed since", file=sys.stderr)
+    return 1 if args.strict and (n or unknown) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
