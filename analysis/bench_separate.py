@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from analysis.bench_compact import load_results, save_results  # noqa: E402
 from analysis.bench_neuroprune import mlp_connectivity  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
-from analysis.fingerprint import code_fingerprint  # noqa: E402
+from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_separate.json"
 #: setting -> TrainConfig fields.
@@ -334,6 +334,7 @@ def main():
         used = {s for s, *_ in plan}
         res["settings"].update(fixed, settings=sorted(set(res["settings"].get("settings", [])) | used,
                                                       key=list(SETTINGS).index))
+        res.update(provenance())
         args.workdir.mkdir(parents=True, exist_ok=True)
         for setting, method, target, seed in plan:
             name = run_name(setting, method, target, seed)
