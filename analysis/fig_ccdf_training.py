@@ -1,8 +1,8 @@
 """How preferential attachment reshapes the MLP degree distribution over training: NeuroPrune vs GMP.
 
 Two runs of MiniLM (all-MiniLM-L6-v2) on the sentiment tweets, identical except for how weights
-are chosen for removal, both reaching the same sparsity (``--target``, every attention and MLP
-matrix) on the same cubic schedule: NeuroPrune (Dhurandhar et al., Findings of ACL 2024, arXiv
+are chosen for removal, both reaching the same sparsity (``--target``, every MLP matrix) on the
+same cubic schedule: NeuroPrune (Dhurandhar et al., Findings of ACL 2024, arXiv
 2404.01306: keep-score :math:`|w_{ij}| \\cdot c_i` and the preferential-attachment penalty) and
 gradual magnitude pruning (GMP, Zhu & Gupta 2017, arXiv 1710.01878: keep-score :math:`|w_{ij}|`).
 At a few points of each run the in-degrees of every MLP matrix (edges :math:`|w| \\geq \\varepsilon`)
