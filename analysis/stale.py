@@ -36,6 +36,7 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "bench_distill_large_neurons.json": ("bench_distill.py", ("train", "graph", "compaction", "models.py")),
     "bench_distill_long.json": ("bench_distill.py", ("train", "graph", "compaction", "models.py")),
     "bench_gather.json": ("bench_gather.py", ("train", "graph", "models.py")),
+    "bench_head_distance.json": ("bench_head_distance.py", ("train", "graph", "models.py")),
     "bench_heads.json": ("bench_heads.py", ("train", "graph", "models.py")),
     "bench_heads_train.json": ("bench_heads_train.py", ("train", "graph", "compaction", "models.py")),
     "bench_neuroprune.json": ("bench_neuroprune.py", ("train", "graph", "models.py")),

@@ -23,7 +23,7 @@ from ..oneshot.prune import ALLOCATIONS, NEUROAL_STEPS, PRUNERS, OneShotConfig
 from ..oneshot.run import EvalConfig
 from ..plotting.common import FigureConfig
 from ..train.config import (DEFAULT_FREQUENCY, HEAD_MODES, PAPER_PENALTIES, PENALTY_FORMS, TARGET_PENALTIES,
-                            TRAIN_METHODS, NeuroPruneConfig)
+                            THETA_SCALES, TRAIN_METHODS, NeuroPruneConfig)
 from ..train.distill import Distillation
 from ..train.run import TrainConfig
 from ..train.schedules import SCHEDULES
@@ -220,6 +220,9 @@ def compare(a, b, out, as_json, **opts):
               help="|w| below which a weight is pruned.")
 @click.option("--theta", type=float, default=default(NeuroPruneConfig, "theta"), show_default=True,
               help="Head-similarity threshold.")
+@click.option("--theta-scale", type=click.Choice(THETA_SCALES), default=default(NeuroPruneConfig, "theta_scale"),
+              show_default=True, help="--theta as an absolute l-inf distance (the paper) or a share of each layer's "
+                                      "weight scale (the median of its heads' largest entries).")
 @click.option("--head-pruning", type=click.Choice(HEAD_MODES), default=default(NeuroPruneConfig, "head_pruning"),
               show_default=True,
               help="When redundant heads are pruned: at epoch ends (paper), every --head-every steps, or never.")
@@ -254,7 +257,7 @@ def compare(a, b, out, as_json, **opts):
               help="Continue OUT from its newest complete checkpoint (same settings; only the step budget may change).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT (or discard an interrupted run's checkpoints).")
 def train(model, data, method, target, neuron_target, head_target, schedule, frequency, mlp_weight, attn_weight,
-          penalty_form, eps, theta, head_pruning, head_every, head_fold, epochs, max_steps, batch_size, lr, max_length,
+          penalty_form, eps, theta, theta_scale, head_pruning, head_every, head_fold, epochs, max_steps, batch_size, lr, max_length,
           n_train, n_eval, seed, topology_every, topology_background, save_steps, teacher, distill_weight, distill_temperature,
           report_to, out, resume, overwrite):
     """Sparse training with NeuroPrune (or a baseline) and topology tracking."""
@@ -262,7 +265,8 @@ def train(model, data, method, target, neuron_target, head_target, schedule, fre
     from ..train.run import train as run_train
 
     neuroprune = dict(method=method, mlp_weight=mlp_weight, attn_weight=attn_weight, penalty_form=penalty_form,
-                      eps=eps, theta=theta, head_pruning=head_pruning, head_every_steps=head_every,
+                      eps=eps, theta=theta, theta_scale=theta_scale, head_pruning=head_pruning,
+                      head_every_steps=head_every,
                       head_fold=head_fold, target=target,
                       neuron_target=neuron_target, head_target=head_target, schedule=schedule,
                       frequency=frequency, seed=seed)  # a dict: TrainConfig ends target mode after its schedule_fraction

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..graph.roles import MLP_ROLES
+from .head_distance import THETA_SCALES
 from .heads import THETA
 from .penalties import DELTA, EPSILON
 from .schedules import ScheduleConfig
@@ -70,6 +71,11 @@ class NeuroPruneConfig:
     eps, theta : float
         Connection threshold :math:`\varepsilon > 0` (paper: 1e-4); head-similarity
         threshold :math:`\theta \ge 0` (paper default 0.15).
+    theta_scale : {"absolute", "layer"}
+        How :math:`\theta` is read: an absolute l∞ distance between two heads' parameters (the
+        paper), or a share of each layer's weight scale, the median over its heads of their
+        largest entry (:func:`~topoprune.train.head_distance.layer_theta`), so that one
+        :math:`\theta` means the same on models whose weights have another scale.
     refresh_every : int
         Recount :math:`c_i` every this many optimiser steps (>= 1). Default 1: the count is one
         pass over each MLP matrix on its own device (:func:`~topoprune.train.penalties.attachment_scores`),
@@ -121,6 +127,7 @@ class NeuroPruneConfig:
     penalty_form: str | None = None
     eps: float = EPSILON
     theta: float = THETA
+    theta_scale: str = "absolute"
     refresh_every: int = 1
     head_pruning: str = "epoch"
     head_every_steps: int | None = None
@@ -153,6 +160,7 @@ class NeuroPruneConfig:
             (_num(self.attn_weight), "attn_weight (beta) must be a finite number >= 0"),
             (_num(self.eps, strict=True), "eps must be a finite number > 0"),
             (_num(self.theta), "theta must be a finite number >= 0"),
+            (self.theta_scale in THETA_SCALES, f"theta_scale must be one of {THETA_SCALES}"),
             (_num(self.delta), "delta must be a finite number >= 0"),
             (_num(self.refresh_every, 1, integer=True), "refresh_every must be an integer >= 1"),
             (self.head_pruning in HEAD_MODES, f"head_pruning must be one of {HEAD_MODES}"),

@@ -58,6 +58,7 @@ from ..graph.binding import Attention, Binding, canonical, piece_mask
 from ..graph.masks import MaskSet, select_keep, sparsity_table
 from ..graph.roles import MLP_ROLES, MatrixSpec
 from .config import SPARSIFIABLE, NeuroPruneConfig
+from .head_distance import layer_theta, live_head_params
 from .heads import HeadPruningDecision, prune_model_heads
 from .penalties import attachment_scores, attention_group_penalty, l1_penalty, preferential_attachment_penalty
 from .schedules import get_schedule
@@ -303,9 +304,13 @@ class NeuroPrune:
         list of HeadPruningDecision
             The decisions of this call that removed heads (also appended to ``head_decisions``).
         """
-        cfg = self.config
-        out = prune_model_heads(self.binding, self.masks, self._layers, self._removed, theta=cfg.theta,
-                                include_bias=cfg.head_include_bias, fold=cfg.head_fold)
+        cfg, kw = self.config, dict(include_bias=self.config.head_include_bias, fold=self.config.head_fold)
+        if cfg.theta_scale == "absolute":
+            out = prune_model_heads(self.binding, self.masks, self._layers, self._removed, theta=cfg.theta, **kw)
+        else:  # each layer its own threshold, theta times its scale (recorded in its decisions)
+            out = [d for la in self._layers if la.has_heads for d in prune_model_heads(
+                self.binding, self.masks, [la], self._removed, **kw, theta=layer_theta(
+                    cfg.theta, cfg.theta_scale, live_head_params(self.binding, la, self._removed, kw["include_bias"])))]
         self.head_decisions.extend(out)
         self.masks.broadcast(0)
         self.masks.apply_to_weights(self.model)
