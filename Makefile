@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test install bench bench-train bench-oneshot bench-owl bench-compact bench-distill bench-gather bench-heads bench-heads-train bench-frontier bench-separate bench-paper bench-head-distance bench-topology bench-scaling stale figures clean
+.PHONY: demo test install bench bench-train bench-oneshot bench-owl bench-compact bench-distill bench-gather bench-heads bench-heads-train bench-frontier bench-separate bench-paper bench-time bench-head-distance bench-topology bench-scaling stale figures clean
 
 install: $(STAMP)
 
@@ -65,6 +65,9 @@ bench-separate: $(STAMP)
 
 bench-paper: $(STAMP)
 	$(PY) analysis/bench_paper_compare.py --resume
+
+bench-time: $(STAMP)
+	$(PY) analysis/bench_time_to_sparsity.py --resume
 
 bench-head-distance: $(STAMP)
 	$(PY) analysis/bench_head_distance.py --resume

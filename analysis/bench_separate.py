@@ -26,7 +26,8 @@ initialisation, the data order and the random masks, and for ``tweets3`` the tra
 methods are paired within a seed.
 
 Results: ``analysis/results/bench_separate.json`` (rewritten after every run; ``--resume`` keeps
-runs made by the same code and settings); figure ``figures/separate.{png,svg}``.
+runs made by the same code and settings); figure ``figures/separate.{png,svg}`` (for another
+``--out``, ``figures/<its stem>.{png,svg}``).
 """
 from __future__ import annotations
 
@@ -221,7 +222,7 @@ def table(res: dict) -> list[str]:
     return lines
 
 
-def plot(res: dict) -> None:
+def plot(res: dict, stem: str = "separate") -> None:
     """Per setting: the metric of each run (log scale for perplexity), and below it each method's
     paired difference from GMP at the same sparsity with its standard error (random masks, far off
     that scale, are named instead of drawn)."""
@@ -267,7 +268,7 @@ def plot(res: dict) -> None:
         if off_scale:
             bx.text(0.02, 0.04, "; ".join(off_scale), transform=bx.transAxes, fontsize=6, color="C3")
     fig.tight_layout()
-    save_figure(fig, "separate")
+    save_figure(fig, stem)
 
 
 def grid(name: str) -> list[tuple[str, str, float | None, int]]:
@@ -342,7 +343,7 @@ def main():
                 res["runs"][name] = train_run(setting, method, target, seed, args)
                 save_results(args.out, res)
     print("\n".join(table(res)))
-    plot(res)
+    plot(res, "separate" if args.out.resolve() == RESULTS.resolve() else args.out.stem)  # another file: its own figure
 
 
 if __name__ == "__main__":

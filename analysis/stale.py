@@ -46,6 +46,7 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "bench_scaling_cluster_0.5b.json": ("bench_scaling.py", ("graph",)),
     "bench_separate.json": ("bench_separate.py", ("train", "graph", "models.py")),
     "bench_separate_ptb.json": ("bench_separate.py", ("train", "graph", "models.py")),
+    "bench_time_to_sparsity.json": ("bench_time_to_sparsity.py", ("train", "graph", "models.py")),
     "bench_topology.json": ("bench_topology.py", ("train", "graph", "models.py")),
     "ccdf_training.npz": ("fig_ccdf_training.py", ("train", "graph", "models.py")),
     "frontier.json": ("frontier_paper_mode.py", ("train", "graph", "models.py")),

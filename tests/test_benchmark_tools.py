@@ -205,3 +205,23 @@ def _head(root):
     import subprocess
 
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+
+
+def test_time_to_sparsity_imp_rounds_reach_each_target_at_the_last_round():
+    from analysis import bench_time_to_sparsity as bt
+    from topoprune.train.config import NeuroPruneConfig
+    from topoprune.train.schedules import Schedule
+
+    assert [bt.imp_rounds(t) for t in bt.TARGETS] == [4, 6, 11]  # at most 20 % of the survivors a round
+    per = bt.steps_per_epoch(bt.TASK)
+    assert per == 63
+    for target in bt.TARGETS:
+        epochs = bt.imp_rounds(target) + 1
+        sched = NeuroPruneConfig(**bt.neuroprune_config("imp", target, epochs, None, bt.TASK)).schedule_config()
+        s = Schedule(sched)
+        cuts = sorted({s(t) for t in range(epochs * per + 1)})
+        assert s(per - 1) == 0.0 and s(epochs * per) == target and len(cuts) == epochs  # dense epoch, n rounds
+        shares = [1 - (1 - b) / (1 - a) for a, b in zip(cuts, cuts[1:])]
+        assert max(shares) <= bt.IMP_RATE + 1e-12 and max(shares) - min(shares) < 1e-9
+    plan = bt.plan(["dense", "imp", "gmp"], [0.5], [1, 3])
+    assert plan == [("dense", 0.0, 1), ("dense", 0.0, 3), ("imp", 0.5, 5), ("gmp", 0.5, 1), ("gmp", 0.5, 3)]

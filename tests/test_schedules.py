@@ -4,7 +4,7 @@ import pytest
 from topoprune.errors import ConfigError
 from topoprune.train.schedules import SCHEDULES, Schedule, ScheduleConfig, get_schedule
 
-RAMPS = ("linear", "cubic", "cosine")
+RAMPS = ("linear", "cubic", "cosine", "iterative")
 
 
 @pytest.mark.parametrize("name", RAMPS)
@@ -41,6 +41,20 @@ def test_linear_and_cosine_midpoints():
     assert cos(50) == pytest.approx(0.3) and cos(25) < lin(25)
 
 
+def test_iterative_removes_the_same_share_of_survivors_each_round():
+    # 90 % in 11 rounds of 63 steps: every round keeps 0.1 ** (1 / 11) of what survived it
+    s = get_schedule("iterative", target=0.9, start=0, end=11 * 63, frequency=63)
+    kept = [1 - s(63 * r) for r in range(12)]
+    assert kept[0] == 1.0 and s(62) == 0.0 and s(11 * 63) == 0.9 and s(10 ** 6) == 0.9
+    assert all(b / a == pytest.approx(0.1 ** (1 / 11), rel=1e-12) for a, b in zip(kept, kept[1:]))
+    assert s(63 * 3 + 62) == s(63 * 3)  # the mask holds while the round retrains
+    # from an initial sparsity: 1 - s_t = (1 - s_i)^(1 - p) (1 - s_f)^p; nothing to prune: constant
+    s = get_schedule("iterative", target=0.9, initial=0.5, start=0, end=40, frequency=10)
+    assert s(20) == pytest.approx(1 - 0.5 ** 0.5 * 0.1 ** 0.5, abs=1e-12)
+    flat = get_schedule("iterative", target=0.3, initial=0.3, start=0, end=40, frequency=10)
+    assert {flat(t) for t in range(60)} == {0.3}
+
+
 def test_constant_is_target_everywhere():
     s = get_schedule("constant", target=0.5)
     assert [s(t) for t in (0, 1, 10 ** 9)] == [0.5, 0.5, 0.5]
@@ -48,7 +62,7 @@ def test_constant_is_target_everywhere():
 
 
 def test_registry_lists_all_schedules():
-    assert set(SCHEDULES) == {"constant", "linear", "cubic", "cosine"}
+    assert set(SCHEDULES) == {"constant", "linear", "cubic", "cosine", "iterative"}
 
 
 @pytest.mark.parametrize("kwargs, match", [

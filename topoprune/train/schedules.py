@@ -12,7 +12,17 @@ steps (:math:`\Delta t`), so between updates it is constant:
 * ``cubic`` (gradual magnitude pruning, Zhu & Gupta 2017, arXiv 1710.01878, Eq. 1):
   :math:`s_t = s_f + (s_i - s_f)\,(1 - p_t)^3`, which prunes fast early and slowly near the
   end;
-* ``cosine``: :math:`s_t = s_f + (s_i - s_f)\,\tfrac12 (1 + \cos \pi p_t)`,
+* ``cosine``: :math:`s_t = s_f + (s_i - s_f)\,\tfrac12 (1 + \cos \pi p_t)`;
+* ``iterative`` (iterative magnitude pruning: prune, then retrain with the mask fixed, and repeat;
+  Han et al. 2015, "Learning both Weights and Connections for Efficient Neural Networks",
+  arXiv 1506.02626; Frankle & Carbin 2019, arXiv 1803.03635, remove 20 % of the surviving weights
+  per round): :math:`1 - s_t = (1 - s_i)^{1 - p_t} (1 - s_f)^{p_t}`, so that each of the
+  :math:`n = (t_\text{end} - t_0) / \Delta t` rounds removes the same share
+  :math:`1 - ((1 - s_f) / (1 - s_i))^{1/n}` of the weights that survive it, and the
+  :math:`\Delta t` steps between two rounds retrain with the mask fixed. One round per epoch is
+  ``frequency`` = the steps of an epoch, ``end = start + n * frequency``, and training
+  ``n + 1`` epochs retrains the last cut for a whole epoch (the learning rate follows the run's
+  one schedule; it does not restart each round),
 
 with progress :math:`p_t = \min(1, (t_u - t_0) / (t_\text{end} - t_0))` and
 :math:`t_u = t_0 + \lfloor (t - t_0) / \Delta t \rfloor \Delta t` the last update step
@@ -77,9 +87,22 @@ def cosine(step: int, cfg: ScheduleConfig) -> float:
     return _ramp(step, cfg, lambda p: 0.5 * (1.0 - math.cos(math.pi * p)))
 
 
+def iterative(step: int, cfg: ScheduleConfig) -> float:
+    r"""Iterative magnitude pruning's rounds, :math:`1 - s_t = (1 - s_i)^{1 - p_t} (1 - s_f)^{p_t}`.
+
+    Each update (every :math:`\Delta t` steps) removes the same share of the surviving weights
+    (Han et al. 2015, arXiv 1506.02626; Frankle & Carbin 2019, arXiv 1803.03635, Sec. 2).
+    """
+    kept = (1.0 - cfg.target) / (1.0 - cfg.initial)  # r: the share of weights the whole ramp keeps
+    if kept == 1.0:  # nothing to prune: s_t = s_i = s_f
+        return float(cfg.target)
+    # s_i + (s_f - s_i) (1 - r^p) / (1 - r) = 1 - (1 - s_i) r^p, as s_f - s_i = (1 - s_i)(1 - r)
+    return _ramp(step, cfg, lambda p: (1.0 - kept ** p) / (1.0 - kept))
+
+
 #: Name -> schedule function ``f(step, config) -> fraction``.
 SCHEDULES: dict[str, Callable[[int, ScheduleConfig], float]] = {
-    "constant": constant, "linear": linear, "cubic": cubic, "cosine": cosine}
+    "constant": constant, "linear": linear, "cubic": cubic, "cosine": cosine, "iterative": iterative}
 
 
 def _is_int(x) -> bool:
