@@ -244,7 +244,7 @@ def plot_patterns(report, names=None, axes=None):
 # --------------------------------------------------------------------------- saving
 
 
-def _figure(nrows: int, ncols: int, figsize, **kwargs):
+def new_figure(nrows: int, ncols: int, figsize, **kwargs):
     """A pyplot-free figure (nothing to close, backend untouched) and its axes grid."""
     from matplotlib.figure import Figure
 
@@ -268,7 +268,7 @@ def _save_png(fig, path: Path) -> None:
         Path(path).write_bytes(buf.getvalue())
 
 
-def _write(fig, out_dir: Path, stem: str, formats) -> list[Path]:
+def write_figure(fig, out_dir: Path, stem: str, formats) -> list[Path]:
     """Save ``fig`` as ``out_dir/stem.<fmt>`` for each format, atomically, without dates."""
     from ..io import atomic_path
 
@@ -343,7 +343,7 @@ def save_figures(report, out_dir, *, config: FigureConfig | None = None, formats
 
     def save(fig, stem):
         bar.set_postfix_str(stem, refresh=False)
-        written.extend(_write(fig, out, stem, formats))
+        written.extend(write_figure(fig, out, stem, formats))
         bar.update(1)
 
     with paper_style(), bar:
@@ -351,7 +351,7 @@ def save_figures(report, out_dir, *, config: FigureConfig | None = None, formats
             n = max(len(roles), 1)
             ncols = min(n, 4)
             nrows = math.ceil(n / ncols)
-            fig, axes = _figure(nrows, ncols, (3.3 * ncols + 0.8, 2.9 * nrows))
+            fig, axes = new_figure(nrows, ncols, (3.3 * ncols + 0.8, 2.9 * nrows))
             plot_role_ccdfs(report, side=side, axes=axes)
             fig.suptitle(f"{SIDE_LABELS[side].capitalize()} distributions by role (CCDF, log-log)")
             save(fig, f"ccdf_by_role_{side}")
@@ -361,7 +361,7 @@ def save_figures(report, out_dir, *, config: FigureConfig | None = None, formats
             shown = grid_blocks(blocks.dropna(), config.grid_blocks)
             subset = len(shown) < n_blocks
             n = int(blocks.isin(shown).sum()) if subset else len(blocks)
-            fig, axes = _figure(2, n, (max(2.5 * n + 0.4, 6.0), 5.0), sharey=True)
+            fig, axes = new_figure(2, n, (max(2.5 * n + 0.4, 6.0), 5.0), sharey=True)
             for i, side in enumerate(("in", "out")):
                 for ax in axes[i, 1:]:
                     ax.sharex(axes[i, 0])
@@ -370,7 +370,7 @@ def save_figures(report, out_dir, *, config: FigureConfig | None = None, formats
             which = f"in {len(shown)} of {n_blocks} blocks" if subset else "by block"
             fig.suptitle(f"{ROLE_LABELS.get(role, role)} {which}: in-degree (top), out-degree (bottom)")
             save(fig, f"ccdf_blocks_{role}")
-        fig, axes = _figure(1, 3, (12.0, 3.4))
+        fig, axes = new_figure(1, 3, (12.0, 3.4))
         plot_block_trends(report, axes=axes[0])
         save(fig, "block_trends")
         if names:
@@ -378,7 +378,7 @@ def save_figures(report, out_dir, *, config: FigureConfig | None = None, formats
             if patterns is None and len(names) % 2 == 0 and len(names) > 5:
                 ncols = len(names) // 2
             nrows = math.ceil(len(names) / ncols)
-            fig, axes = _figure(nrows, ncols, (2.6 * ncols, 2.5 * nrows))
+            fig, axes = new_figure(nrows, ncols, (2.6 * ncols, 2.5 * nrows))
             plot_patterns(report, names, axes=axes)
             fig.suptitle(_pattern_title(report))
             save(fig, "patterns")

@@ -75,16 +75,16 @@ def save_trajectory(report: pd.DataFrame, out_dir, *, formats=("png", "svg"), by
     list of Path
         The files written.
     """
-    from .figures import _figure, _write
+    from .figures import new_figure, write_figure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with paper_style():
-        fig, axes = _figure(1, len(TRAJECTORY_METRICS), (12.0, 3.6))
+        fig, axes = new_figure(1, len(TRAJECTORY_METRICS), (12.0, 3.6))
         plot_trajectory(report, axes[0], by=by)
         n = len(dict.fromkeys(report["checkpoint"])) if "checkpoint" in report else 0
         fig.suptitle(f"Topology across {n} checkpoint{'' if n == 1 else 's'} (means over matrices)")
-        return _write(fig, out, "trajectory", tuple(formats))
+        return write_figure(fig, out, "trajectory", tuple(formats))
 
 
 __all__ = ["plot_trajectory", "save_trajectory"]
