@@ -12,7 +12,7 @@ the paper's absolute θ = 0.15 and the scale-free θ (``theta_scale="layer"``). 
 prune heads as the paper does (absolute θ = 0.15 at epoch ends).
 
 Run: ``make bench-head-distance`` (``.venv/bin/python analysis/bench_head_distance.py --resume``;
-8 runs, about 35 minutes on 2 cores). ``--quick`` is a smoke run on 256 tweets into a temporary
+8 runs, about 30 minutes on 2 cores). ``--quick`` is a smoke run on 256 tweets into a temporary
 directory. Results: ``analysis/results/bench_head_distance.json``; figure
 ``figures/head_distance.{png,svg}``.
 """
@@ -89,10 +89,18 @@ def run_one(beta: float, seed: int, args, workdir: Path) -> dict:
 
 
 def table(res: dict) -> list[str]:
-    """Per beta (means over seeds): Q/K/V sparsity, and per layer the relative distances and removals at the end."""
+    """Per beta (means over seeds): Q/K/V sparsity, distances, the run's removals and the hypothetical ones.
+
+    A layer whose scale is zero (more than half of its heads all zero) has no relative distance; it
+    shows as ``–``.
+    """
+    def num(x: float) -> str:
+        return "–" if x != x else f"{x:.2f}"
+
     lines = ["| β | seeds | accuracy | Q/K/V sparsity by layer | min / median distance ÷ scale by layer, start → end "
-             "| heads removed by layer at the end: " + ", ".join(f"{m} θ={t:g}" for m, t in THETAS) + " |",
-             "|---|---|---|---|---|---|"]
+             "| heads the run removed, by layer | heads removed by layer at the end: "
+             + ", ".join(f"{m} θ={t:g}" for m, t in THETAS) + " |",
+             "|---|---|---|---|---|---|---|"]
     for beta in sorted({r["beta"] for r in res["runs"].values()}):
         rs = [r for r in res["runs"].values() if r["beta"] == beta]
         n_layers = len(rs[0]["points"][-1]["layers"])
@@ -100,35 +108,53 @@ def table(res: dict) -> list[str]:
         def mean(f, point=-1):
             return [sum(f(r["points"][point]["layers"][i]) for r in rs) / len(rs) for i in range(n_layers)]
         sp = mean(lambda x: x["qkv_sparsity"])
-        dist = [f"{a:.2f}/{b:.2f} → {c:.2f}/{d:.2f}" for a, b, c, d in zip(
+        dist = [f"{num(a)}/{num(b)} → {num(c)}/{num(d)}" for a, b, c, d in zip(
             mean(lambda x: x["min_rel"], 0), mean(lambda x: x["median_rel"], 0), mean(lambda x: x["min_rel"]),
             mean(lambda x: x["median_rel"]))]
+        keys = [x["layer"] for x in rs[0]["points"][-1]["layers"]]
+        gone = [sum(x["heads"] - r["heads_remaining"][k] for r in rs) / len(rs)
+                for k, x in zip(keys, rs[0]["points"][-1]["layers"])]
         removed = [" ".join(f"{v:g}" for v in mean(lambda x, k=f"{m}:{t:g}": x["would_remove"][k])) for m, t in THETAS]
         acc = sum(r["accuracy"] for r in rs) / len(rs)
         lines.append(f"| {beta:g} | {len(rs)} | {acc:.3f} | " + " ".join(f"{s:.0%}" for s in sp) + " | "
-                     + "; ".join(dist) + " | " + " · ".join(removed) + " |")
+                     + "; ".join(dist) + " | " + " ".join(f"{g:g}" for g in gone) + " | " + " · ".join(removed) + " |")
     return lines
 
 
 def plot(res: dict) -> None:
-    """Median (solid) and minimum (dotted) head distance ÷ layer scale over training, per layer and beta."""
+    """Median (solid) and minimum (dotted) head distance ÷ layer scale over training, per layer and beta.
+
+    Grey dashed lines are the scale-free thresholds of :data:`THETAS`: a pair of heads below one
+    of them is joined in the head graph at that θ.
+    """
     plt = pyplot()
     runs = [r for r in res["runs"].values() if r["seed"] == min(x["seed"] for x in res["runs"].values())]
     if not runs:
         return
     n_layers = len(runs[0]["points"][-1]["layers"])
-    fig, axes = plt.subplots(1, n_layers, figsize=(2.6 * n_layers, 3.2), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, n_layers, figsize=(2.6 * n_layers, 3.4), sharey=True, squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        for theta in sorted({t for m, t in THETAS if m == "layer"}):
+            ax.axhline(theta, color="0.6", ls="--", lw=0.7)
+            if i == 0:
+                ax.text(0, theta, f" θ = {theta:g}·scale", fontsize=6, color="0.4", va="bottom")
     for j, r in enumerate(sorted(runs, key=lambda r: r["beta"])):
         steps = [p["step"] for p in r["points"]]
+        end = r["points"][-1]["layers"]
+        mean_sp = sum(x["qkv_sparsity"] for x in end) / len(end)
         for i, ax in enumerate(axes[0]):
             ax.plot(steps, [p["layers"][i]["median_rel"] for p in r["points"]], color=f"C{j}",
-                    label=f"β = {r['beta']:g} (Q/K/V {r['points'][-1]['layers'][i]['qkv_sparsity']:.0%})")
+                    label=f"β = {r['beta']:g} (Q/K/V {mean_sp:.0%})")
             ax.plot(steps, [p["layers"][i]["min_rel"] for p in r["points"]], color=f"C{j}", ls=":")
-            ax.set_title(f"layer {i}", fontsize=9)
+            gone = end[i]["heads"] - r["heads_remaining"][end[i]["layer"]]
+            title = f"layer {i}" + (f" ({gone} heads removed at β = {r['beta']:g})" if gone else "")
+            if gone or j == 0:
+                ax.set_title(title, fontsize=8)
             ax.set_xlabel("step")
     axes[0][0].set_ylabel("head distance ÷ layer scale")
-    axes[0][-1].legend(fontsize=6)
-    fig.suptitle("MiniLM paper mode: median (solid) and minimum (dotted) l∞ distance between heads", fontsize=9)
+    axes[0][-1].legend(fontsize=6, title="seed 0; Q/K/V sparsity at the end", title_fontsize=6)
+    fig.suptitle("MiniLM paper mode: median (solid) and minimum (dotted) l∞ distance between heads, "
+                 "÷ the layer's median head l∞ norm", fontsize=9)
     fig.tight_layout()
     save_figure(fig, "head_distance")
 

@@ -225,3 +225,26 @@ def test_time_to_sparsity_imp_rounds_reach_each_target_at_the_last_round():
         assert max(shares) <= bt.IMP_RATE + 1e-12 and max(shares) - min(shares) < 1e-9
     plan = bt.plan(["dense", "imp", "gmp"], [0.5], [1, 3])
     assert plan == [("dense", 0.0, 1), ("dense", 0.0, 3), ("imp", 0.5, 5), ("gmp", 0.5, 1), ("gmp", 0.5, 3)]
+
+
+def test_head_distance_table_counts_the_runs_removals_and_marks_a_zero_scale_layer():
+    from analysis import bench_head_distance as bh
+
+    def layer(key, min_rel, median_rel, sparsity, removes):
+        return {"layer": key, "heads": 12, "min_rel": min_rel, "median_rel": median_rel, "qkv_sparsity": sparsity,
+                "would_remove": {f"{m}:{t:g}": removes for m, t in bh.THETAS}}
+
+    def run(seed, gone):
+        start = [layer("encoder.0", 1.0, 1.4, 0.0, 0), layer("encoder.1", 1.1, 1.5, 0.0, 0)]
+        end = [layer("encoder.0", math.nan, math.nan, 1.0, gone), layer("encoder.1", 0.8, 1.2, 0.5, 0)]
+        return {"beta": 0.01, "seed": seed, "accuracy": 0.8 + 0.01 * seed,
+                "heads_remaining": {"encoder.0": 12 - gone, "encoder.1": 12},
+                "points": [{"step": 0, "layers": start}, {"step": 9, "layers": end}]}
+
+    lines = bh.table({"runs": {"a": run(0, 6), "b": run(1, 7)}})
+    assert len(lines) == 3 and lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[:4] == ["0.01", "2", "0.805", "100% 50%"]
+    assert cells[4] == "1.00/1.40 → –/–; 1.10/1.50 → 0.80/1.20"  # no relative distance where the scale is 0
+    assert cells[5] == "6.5 0"  # the heads each run removed, averaged over the seeds
+    assert cells[6].split(" · ") == ["6.5 0"] * len(bh.THETAS)
