@@ -1,8 +1,9 @@
 """Which stored benchmark results were measured on code that has changed since.
 
 Every results file under ``analysis/results/`` comes from one benchmark script, which measures
-some parts of the package. A result is *stale* when the code of a file of those parts, or of the script
-itself, differs between the commit the result was measured at and the working tree (docstrings
+some parts of the package. A result is *stale* when the code of a file of those parts, or the
+script's measuring code (the definitions it fingerprints for ``--resume``; the whole script where
+it names none), differs between the commit the result was measured at and the working tree (docstrings
 and comments aside: files are compared as Python syntax trees without them): it must be
 re-measured, or its text in BENCHMARKS.md must say why it still applies.
 
@@ -89,23 +90,72 @@ def measured_commit(path: Path, root: Path = ROOT) -> str | None:
     return _git(root, "log", "-1", "--format=%H", "--", str(path.relative_to(root))) or None
 
 
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
 def _code(source: str) -> str | None:
     """``source``'s syntax tree without docstrings (comments are not in it); None if it does not parse."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return None
+    return ast.dump(_strip_docstrings(tree))
+
+
+def _measured_names(tree: ast.Module) -> set[str] | None:
+    """The names a script passes as ``measured=`` to ``code_fingerprint``; None where it fingerprints
+    its whole text (a call without ``measured``, or one naming something other than a plain name)."""
+    names: set[str] = set()
     for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree)
+        func = getattr(node, "func", None)
+        if not isinstance(node, ast.Call) or getattr(func, "id", getattr(func, "attr", None)) != "code_fingerprint":
+            continue
+        given = [kw.value for kw in node.keywords if kw.arg == "measured"]
+        if not given or not isinstance(given[0], (ast.Tuple, ast.List)) \
+                or not all(isinstance(e, ast.Name) for e in given[0].elts):
+            return None
+        names |= {e.id for e in given[0].elts}
+    return names or None
 
 
-def changed_since(commit: str, paths: list[str], root: Path = ROOT) -> tuple[str, ...]:
+def _script_code(source: str) -> str | None:
+    """The code of a benchmark script that its results depend on: the top-level definitions it
+    names as its measuring code (``code_fingerprint(..., measured=...)``, the same code ``--resume``
+    checks), so that edits of its tables, figures and help texts keep it current; the whole
+    script (:func:`_code`) where it names none, or names one it does not define at top level."""
+    try:
+        tree = _strip_docstrings(ast.parse(source))
+    except SyntaxError:
+        return None
+    names = _measured_names(tree)
+    if names is None:
+        return ast.dump(tree)
+    found: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined = [node.name]
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            defined = [t.id for t in targets if isinstance(t, ast.Name)]
+        else:
+            continue
+        for name in set(defined) & names:
+            found[name] = ast.dump(node)
+    if set(found) != names:
+        return ast.dump(tree)
+    return "\n".join(found[n] for n in sorted(names))
+
+
+def changed_since(commit: str, paths: list[str], root: Path = ROOT, script: str | None = None) -> tuple[str, ...]:
     """Files under ``paths`` (relative to ``root``) whose code differs between ``commit`` and the
-    working tree: added, removed, or changed in more than docstrings and comments."""
+    working tree: added, removed, or changed in more than docstrings and comments. The benchmark
+    ``script`` among them counts as changed only where its measuring code did (:func:`_script_code`)."""
     diff = _git(root, "diff", "--name-only", commit, "--", *paths).splitlines()
     untracked = _git(root, "ls-files", "--others", "--exclude-standard", "--", *paths).splitlines()
     changed = set(untracked)
@@ -116,8 +166,9 @@ def changed_since(commit: str, paths: list[str], root: Path = ROOT) -> tuple[str
         except subprocess.CalledProcessError:  # added since
             changed.add(name)
             continue
-        if not now.is_file() or not name.endswith(".py") or _code(before) is None \
-                or _code(before) != _code(now.read_text()):
+        code = _script_code if name == script else _code
+        if not now.is_file() or not name.endswith(".py") or code(before) is None \
+                or code(before) != code(now.read_text()):
             changed.add(name)
     return tuple(sorted(changed - {""}))
 
@@ -132,7 +183,8 @@ def status(results_dir: Path = ROOT / "analysis" / "results", root: Path = ROOT,
         script, parts = sources[path.name]
         commit = measured_commit(path, root)
         measured = [f"analysis/{script}"] + [f"topoprune/{p}" for p in parts]
-        rows.append(Status(path.name, commit, changed_since(commit, measured, root) if commit else ()))
+        rows.append(Status(path.name, commit,
+                           changed_since(commit, measured, root, script=measured[0]) if commit else ()))
     return rows
 
 

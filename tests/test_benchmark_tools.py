@@ -201,6 +201,30 @@ def test_stale_lists_results_whose_measured_code_changed(tmp_path):
     assert not status(results, tmp_path, sources)[0].stale
 
 
+
+def test_stale_counts_only_the_scripts_measuring_code(tmp_path):
+    from analysis.stale import status
+
+    git = _git_repo(tmp_path)
+    script = tmp_path / "analysis" / "bench.py"
+    body = ("K = (1, 2)\n\ndef measure(x):\n    return x * {f}\n\ndef plot(x):\n    return '{label}'\n\n"
+            "def main():\n    return code_fingerprint('train', measured=({names}))\n")
+    script.write_text(body.format(f=2, label="a", names="K, measure"))
+    git("add", "-A")
+    git("commit", "-qm", "measuring code named")
+    results = tmp_path / "analysis" / "results"
+    (results / "r.json").write_text(json.dumps({"commit": _head(tmp_path)}))
+    sources = {"r.json": ("bench.py", ("train",))}
+    script.write_text(body.format(f=2, label="another figure", names="K, measure"))
+    assert not status(results, tmp_path, sources)[0].stale  # the figure is not what was measured
+    script.write_text(body.format(f=3, label="a", names="K, measure"))
+    assert status(results, tmp_path, sources)[0].changed == ("analysis/bench.py",)
+    script.write_text(body.format(f=2, label="another figure", names="K, measure, undefined_name"))
+    assert status(results, tmp_path, sources)[0].stale  # a name it does not define: the whole script counts
+    script.write_text(body.format(f=2, label="another figure", names="").replace("measured=()", "").replace(", )", ")"))
+    assert status(results, tmp_path, sources)[0].stale  # no measuring code named: the whole script counts
+
+
 def _head(root):
     import subprocess
 
