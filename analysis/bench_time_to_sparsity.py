@@ -245,6 +245,8 @@ def plot(res: dict) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, len(TARGETS), figsize=(12, 3.6), sharey=True)
     for ax, target in zip(axes, TARGETS):
+        if not any(r["target"] == target for r in s["rows"]):
+            ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", va="center", color="0.5")
         for i, method in enumerate(("imp", "gmp", "neuroprune")):
             row = next((r for r in s["rows"] if r["method"] == method and r["target"] == target), None)
             if not row:
@@ -254,8 +256,8 @@ def plot(res: dict) -> None:
                     label=method, ls="-" if method != "imp" else "none")
             for p in pts:
                 if not p["matched"]:
-                    ax.annotate(f"{p['mlp_sparsity']:.0%}", (p["epochs"], 100 * p["accuracy"]), fontsize=6,
-                                color=f"C{i}")
+                    ax.annotate(f"{p['mlp_sparsity']:.0%} (unmatched)", (p["epochs"], 100 * p["accuracy"]),
+                                fontsize=6, color=f"C{i}", xytext=(4, -8), textcoords="offset points")
         if s["dense"]:
             d = 100 * s["dense"]["accuracy"]
             ax.axhline(d, color="0.4", ls=":", lw=0.8, label="dense (best budget)")
