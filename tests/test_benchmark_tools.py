@@ -251,6 +251,20 @@ def test_time_to_sparsity_imp_rounds_reach_each_target_at_the_last_round():
     assert plan == [("dense", 0.0, 1), ("dense", 0.0, 3), ("imp", 0.5, 5), ("gmp", 0.5, 1), ("gmp", 0.5, 3)]
 
 
+def test_time_to_sparsity_pools_a_budgets_neuroprune_tries_across_targets_but_not_gmp_runs():
+    from analysis import bench_time_to_sparsity as bt
+
+    def run(method, target, epochs, sparsity):
+        return {"method": method, "target": target, "epochs": epochs, "mlp_sparsity": sparsity,
+                "neuroprune": {"method": method, "mlp_weight": 1e-4}}
+
+    res = {"runs": {"a": run("neuroprune", 0.7, 2, 0.925), "b": run("neuroprune", 0.9, 2, 0.974),
+                    "c": run("neuroprune", 0.9, 3, 0.901), "d": run("gmp", 0.7, 2, 0.7)}}
+    assert bt.chosen(res, "neuroprune", 0.9, 2)["mlp_sparsity"] == 0.925  # bracketed for 70 %, nearer 90 %
+    assert len(bt.runs_of(res, "neuroprune", 0.5, 2)) == 2 and not bt.runs_of(res, "neuroprune", 0.9, 1)
+    assert bt.chosen(res, "gmp", 0.9, 2) is None  # a target-mode run stands for its own target only
+
+
 def test_head_distance_table_counts_the_runs_removals_and_marks_a_zero_scale_layer():
     from analysis import bench_head_distance as bh
 
