@@ -166,9 +166,20 @@ def kept_overlap(dir_a: Path, dir_b: Path, eps: float = 1e-4) -> float | None:
     return both / either if either else None
 
 
+def candidates(res: dict, method: str, target: float, seed: int) -> list[dict]:
+    """The runs that can stand for ``method`` at ``target`` and ``seed``.
+
+    A penalised run's sparsity is an outcome of its alpha, not of the target it was bracketed
+    for, so every run of a penalised method and seed counts for every target: a try made while
+    bracketing 50 % is a point of the same alpha-to-sparsity curve as one made for 70 %.
+    """
+    return [r for r in res["runs"].values() if r["method"] == method and r["seed"] == seed
+            and (method in PENALISED or r["target"] == target)]
+
+
 def chosen(res: dict, method: str, target: float, seed: int) -> dict | None:
     """The run of ``method`` at ``target`` and ``seed`` closest to the sparsity it is matched to."""
-    runs = [r for r in res["runs"].values() if r["method"] == method and r["target"] == target and r["seed"] == seed]
+    runs = candidates(res, method, target, seed)
     if not runs:
         return None
     goal = matched_sparsity(res, method, target, seed)
@@ -204,8 +215,7 @@ def ensure(res: dict, method: str, target: float, seed: int, args, config: dict,
             first = prev["neuroprune"]["mlp_weight"]
             break
     for _ in range(args.max_tries):
-        tries = [(r["neuroprune"]["mlp_weight"], r["mlp_sparsity"]) for r in res["runs"].values()
-                 if r["method"] == method and r["target"] == target and r["seed"] == seed]
+        tries = [(r["neuroprune"]["mlp_weight"], r["mlp_sparsity"]) for r in candidates(res, method, target, seed)]
         if any(abs(s - goal) <= args.tolerance for _, s in tries):
             break
         alpha = next_alpha(tries, goal, first)

@@ -286,3 +286,17 @@ def test_head_distance_table_counts_the_runs_removals_and_marks_a_zero_scale_lay
     assert cells[4] == "1.00/1.40 → –/–; 1.10/1.50 → 0.80/1.20"  # no relative distance where the scale is 0
     assert cells[5] == "6.5 0"  # the heads each run removed, averaged over the seeds
     assert cells[6].split(" · ") == ["6.5 0"] * len(bh.THETAS)
+
+
+def test_paper_compare_pools_a_seeds_penalised_tries_across_targets_but_not_gmp_runs():
+    from analysis import bench_paper_compare as bp
+
+    def run(method, target, seed, sparsity):
+        return {"method": method, "target": target, "seed": seed, "mlp_sparsity": sparsity,
+                "neuroprune": {"method": method, "mlp_weight": 1e-4}}
+
+    res = {"runs": {"a": run("neuroprune", 0.5, 0, 0.69), "b": run("neuroprune", 0.7, 0, 0.95),
+                    "c": run("neuroprune", 0.7, 1, 0.70), "d": run("gmp", 0.5, 0, 0.5)}}
+    assert bp.chosen(res, "neuroprune", 0.7, 0)["mlp_sparsity"] == 0.69  # bracketed for 50 %, nearer 70 %
+    assert len(bp.candidates(res, "neuroprune", 0.9, 0)) == 2  # another seed's runs do not count
+    assert bp.chosen(res, "gmp", 0.7, 0) is None  # a target-mode run stands for its own target only
