@@ -20,10 +20,11 @@ kept); ``l1`` and ``l1-gradient`` are matched to the sparsity ``neuroprune`` rea
 two differ only in the :math:`1/c_i` weights. Whether each test tweet is classified correctly is
 kept, and methods are compared tweet by tweet within a seed (the seed also draws the split).
 Per pair of matched runs the share of surviving MLP weights they have in common is measured, to
-say whether the attachment term changes *which* weights survive.
+say whether the attachment term changes *which* weights survive (on a fixed uniform sample of
+131,072 MLP weight positions that every run records, :func:`kept_sample`).
 
 Run: ``make bench-paper`` (``--resume``; the core grid -- ``neuroprune``, ``l1``, ``gmp`` at 50, 70
-and 90 % with seeds 0 and 1 -- then ``--grid full`` adds the other rows and a third seed where a
+and 90 % with seeds 0 and 1, then the dense reference -- then ``--grid full`` adds the other rows and a third seed where a
 paired gap is under two standard errors). Each ``tweets3`` run takes 17-26 minutes on 2 cores.
 ``--quick`` is a smoke run on 256 tweets into a temporary directory. Results:
 ``analysis/results/bench_paper_compare.json`` (after every run; ``--resume`` keeps the runs made by
@@ -48,6 +49,7 @@ from analysis.bench_compact import load_results, save_results  # noqa: E402
 from analysis.bench_neuroprune import mlp_connectivity  # noqa: E402
 from analysis.bench_separate import SETTINGS, example_correct, paired_accuracy, paired_over_seeds  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
+from analysis.kept_weights import kept_overlap, kept_sample  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_paper_compare.json"
@@ -138,32 +140,16 @@ def train_run(name: str, npc: dict, seed: int, config: dict, workdir: Path) -> d
     row = {"neuroprune": npc, "seed": seed, "steps": rec["steps"], "accuracy": rec["metrics"].get("eval_accuracy"),
            "qkv_sparsity": sum(r["pruned"] for r in qkv) / max(1, sum(r["numel"] for r in qkv)),
            "heads": sum(rec["heads_remaining"].values()), "attachment": rec.get("attachment", {}),
-           "wall_seconds": time.perf_counter() - t0, **mlp_connectivity(out / "model", 1e-4)}
+           "wall_seconds": time.perf_counter() - t0, **mlp_connectivity(out / "model", 1e-4),
+           "kept_sample": kept_sample(out / "model")}
     correct = example_correct(out / "model", "paper", seed, config=config)
     if abs(correct.count("1") / len(correct) - row["accuracy"]) <= 1e-3:
         row["correct"] = correct
     else:  # not the trainer's evaluation: no paired comparison rather than a wrong one
         print(f"{name}: the saved model's accuracy is not the trainer's; no per-tweet record kept", file=sys.stderr)
-    print(json.dumps({"run": name, **{k: v for k, v in row.items() if k != "correct"}}), flush=True)
+    print(json.dumps({"run": name, **{k: v for k, v in row.items() if k not in ("correct", "kept_sample")}}),
+          flush=True)
     return row
-
-
-def kept_overlap(dir_a: Path, dir_b: Path, eps: float = 1e-4) -> float | None:
-    """Share of the surviving MLP weights (|w| >= eps) two saved models have in common (Jaccard)."""
-    import torch
-    from safetensors.torch import load_file
-
-    files = [d / "model" / "model.safetensors" for d in (dir_a, dir_b)]
-    if not all(f.is_file() for f in files):
-        return None
-    a, b = (load_file(str(f)) for f in files)
-    both = either = 0
-    for key in a:
-        if key.endswith(".weight") and ("intermediate.dense" in key or "output.dense" in key) and "attention" not in key:
-            ka, kb = a[key].abs() >= eps, b[key].abs() >= eps
-            both += int((ka & kb).sum())
-            either += int((ka | kb).sum())
-    return both / either if either else None
 
 
 def candidates(res: dict, method: str, target: float, seed: int) -> list[dict]:
@@ -192,6 +178,30 @@ def matched_sparsity(res: dict, method: str, target: float, seed: int) -> float 
         return target if method != "dense" else 0.0
     r = chosen(res, ref, target, seed)
     return r["mlp_sparsity"] if r else None
+
+
+def stands(res: dict, method: str, target: float, seed: int) -> dict | None:
+    """The run reported for ``method`` at ``target`` and ``seed``, or None.
+
+    Dense stands at 0 % only and the other methods at the targets only. Because penalised runs
+    are pooled across targets (:func:`candidates`), the closest run can belong to another target's
+    bracketing: it is reported only when it is matched (within the stored tolerance) or when some
+    run was made for this target -- then the table marks it unmatched.
+    """
+    if (method == "dense") != (target == 0.0):
+        return None
+    r = chosen(res, method, target, seed)
+    if r is None or method == "dense":
+        return r
+    goal = matched_sparsity(res, method, target, seed)
+    if goal is not None and abs(r["mlp_sparsity"] - goal) <= res.get("settings", {}).get("tolerance", 0.01):
+        return r
+    return r if any(c["target"] == target for c in candidates(res, method, target, seed)) else None
+
+
+def is_matched(res: dict, r: dict, target: float) -> bool:
+    goal = matched_sparsity(res, r["method"], target, r["seed"])
+    return goal is not None and abs(r["mlp_sparsity"] - goal) <= res.get("settings", {}).get("tolerance", 0.01)
 
 
 def ensure(res: dict, method: str, target: float, seed: int, args, config: dict, save) -> dict | None:
@@ -235,8 +245,8 @@ def ensure(res: dict, method: str, target: float, seed: int, args, config: dict,
 
 def grid(name: str, seeds: list[int]) -> list[tuple[str, float, int]]:
     """(method, target, seed) in the order they are made: ``core`` then, for ``full``, the other rows."""
-    core = [("dense", 0.0, s) for s in seeds] + [(m, t, s) for t in TARGETS for s in seeds
-                                                 for m in ("neuroprune", "l1", "gmp")]
+    core = [(m, t, s) for t in TARGETS for s in seeds for m in ("neuroprune", "l1", "gmp")] + [
+        ("dense", 0.0, s) for s in seeds]
     if name == "core":
         return core
     return core + [(m, t, s) for t in TARGETS for s in seeds for m in ("neuroprune-beta", "l1-gradient", "random")]
@@ -246,7 +256,7 @@ def undecided(res: dict, seeds: list[int]) -> list[float]:
     """Targets where a paired gap of ``neuroprune`` against ``l1`` or ``gmp`` is under two standard errors."""
     out = []
     for target in TARGETS:
-        groups = {(m, target): [r for s in seeds if (r := chosen(res, m, target, s))] for m in METHODS}
+        groups = {(m, target): [r for s in seeds if (r := stands(res, m, target, s))] for m in METHODS}
         for ref in ("l1", "gmp"):
             gap = paired_over_seeds(groups, "neuroprune", target, "correct", paired_accuracy, reference=ref)
             if gap and abs(gap[0]) < 2 * gap[1] and target not in out:
@@ -259,13 +269,14 @@ def summary(res: dict) -> list[dict]:
     seeds = sorted({r["seed"] for r in res["runs"].values()})
     rows = []
     for target in (0.0,) + TARGETS:
-        groups = {(m, target): [r for s in seeds if (r := chosen(res, m, target, s))] for m in METHODS}
+        groups = {(m, target): [r for s in seeds if (r := stands(res, m, target, s))] for m in METHODS}
         for method in METHODS:
             rs = groups[(method, target)]
             if not rs:
                 continue
             row = {"method": method, "target": target, "seeds": [r["seed"] for r in rs],
-                   "mlp_sparsity": [r["mlp_sparsity"] for r in rs], "accuracy": [r["accuracy"] for r in rs],
+                   "mlp_sparsity": [r["mlp_sparsity"] for r in rs], "matched": [is_matched(res, r, target) for r in rs],
+                   "accuracy": [r["accuracy"] for r in rs],
                    "alpha": [r["neuroprune"].get("mlp_weight") for r in rs],
                    "conn_sd_percent": [r["conn_sd_percent"] for r in rs], "qkv_sparsity": [r["qkv_sparsity"] for r in rs],
                    "c_sd": [r.get("attachment", {}).get("sd") for r in rs],
@@ -295,7 +306,8 @@ def table(res: dict) -> list[str]:
         alpha = ", ".join(f"{a:.3g}" for a in r["alpha"] if a is not None) or "-"
         share = " / ".join(", ".join(f"{x:.3f}" for x in r["overlap"].get(ref, []) if x is not None) or "-"
                            for ref in ("l1", "gmp"))
-        lines.append(f"| {r['method']} | {r['target']:.0%} | " + ", ".join(f"{s:.1%}" for s in r["mlp_sparsity"])
+        lines.append(f"| {r['method']} | {r['target']:.0%} | " + ", ".join(
+            f"{s:.1%}" + ("" if ok else " (unmatched)") for s, ok in zip(r["mlp_sparsity"], r["matched"]))
                      + f" | {alpha} | {acc:.4f}{se} (" + ", ".join(f"{a:.4f}" for a in r["accuracy"]) + ") | "
                      + f"{gap(r['vs_l1'])} | {gap(r['vs_gmp'])} | "
                      + f"{sum(r['conn_sd_percent']) / len(r['conn_sd_percent']):.2f} | {share} |")
@@ -369,7 +381,7 @@ def main():
         fixed = {"config": config, "tolerance": args.tolerance,
                  "code": code_fingerprint("train", "graph", "models.py", measured=(
                      METHODS, QUICK, SETTINGS, FIRST_ALPHA, next_alpha, neuroprune_config, train_run,
-                     example_correct, kept_overlap))}
+                     example_correct, kept_sample, kept_overlap))}
         if not (args.resume and {k: res.get("settings", {}).get(k) for k in fixed} == fixed):
             res = {"settings": {}, "runs": {}, "overlap": {}}
         res["settings"].update(fixed)
@@ -395,9 +407,9 @@ def main():
             for seed in sorted({r["seed"] for r in res["runs"].values()}):
                 for a, b in (("neuroprune", "l1"), ("neuroprune", "gmp"), ("l1", "gmp"), ("neuroprune-beta", "l1"),
                              ("l1-gradient", "l1")):
-                    ra, rb = chosen(res, a, target, seed), chosen(res, b, target, seed)
+                    ra, rb = stands(res, a, target, seed), stands(res, b, target, seed)
                     if ra and rb and f"{ra['name']}|{rb['name']}" not in res["overlap"]:
-                        share = kept_overlap(args.workdir / ra["name"], args.workdir / rb["name"])
+                        share = kept_overlap(ra.get("kept_sample"), rb.get("kept_sample"))
                         if share is not None:
                             res["overlap"][f"{ra['name']}|{rb['name']}"] = share
                             res["overlap"][f"{rb['name']}|{ra['name']}"] = share

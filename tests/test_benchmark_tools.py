@@ -251,12 +251,17 @@ def test_time_to_sparsity_imp_rounds_reach_each_target_at_the_last_round():
     assert plan == [("dense", 0.0, 1), ("dense", 0.0, 3), ("imp", 0.5, 5), ("gmp", 0.5, 1), ("gmp", 0.5, 3)]
 
 
+def stored_run(method, target, sparsity, **keys):
+    """A stored run as the benchmarks that bracket a penalty weight record it."""
+    return {"method": method, "target": target, "mlp_sparsity": sparsity, "accuracy": 0.8, "conn_sd_percent": 10.0,
+            "qkv_sparsity": 0.5, "neuroprune": {"method": method, "mlp_weight": 1e-4}, **keys}
+
+
 def test_time_to_sparsity_pools_a_budgets_neuroprune_tries_across_targets_but_not_gmp_runs():
     from analysis import bench_time_to_sparsity as bt
 
     def run(method, target, epochs, sparsity):
-        return {"method": method, "target": target, "epochs": epochs, "mlp_sparsity": sparsity,
-                "neuroprune": {"method": method, "mlp_weight": 1e-4}}
+        return stored_run(method, target, sparsity, epochs=epochs)
 
     res = {"runs": {"a": run("neuroprune", 0.7, 2, 0.925), "b": run("neuroprune", 0.9, 2, 0.974),
                     "c": run("neuroprune", 0.9, 3, 0.901), "d": run("gmp", 0.7, 2, 0.7)}}
@@ -292,11 +297,48 @@ def test_paper_compare_pools_a_seeds_penalised_tries_across_targets_but_not_gmp_
     from analysis import bench_paper_compare as bp
 
     def run(method, target, seed, sparsity):
-        return {"method": method, "target": target, "seed": seed, "mlp_sparsity": sparsity,
-                "neuroprune": {"method": method, "mlp_weight": 1e-4}}
+        return stored_run(method, target, sparsity, seed=seed)
 
-    res = {"runs": {"a": run("neuroprune", 0.5, 0, 0.69), "b": run("neuroprune", 0.7, 0, 0.95),
+    res = {"runs": {"a": run("neuroprune", 0.5, 0, 0.695), "b": run("neuroprune", 0.7, 0, 0.95),
                     "c": run("neuroprune", 0.7, 1, 0.70), "d": run("gmp", 0.5, 0, 0.5)}}
-    assert bp.chosen(res, "neuroprune", 0.7, 0)["mlp_sparsity"] == 0.69  # bracketed for 50 %, nearer 70 %
+    assert bp.chosen(res, "neuroprune", 0.7, 0)["mlp_sparsity"] == 0.695  # bracketed for 50 %, nearer 70 %
     assert len(bp.candidates(res, "neuroprune", 0.9, 0)) == 2  # another seed's runs do not count
     assert bp.chosen(res, "gmp", 0.7, 0) is None  # a target-mode run stands for its own target only
+    assert bp.stands(res, "neuroprune", 0.7, 0)["mlp_sparsity"] == 0.695  # matched: reported
+    assert bp.stands(res, "neuroprune", 0.9, 0) is None  # 95 % is not 90 % and no run was made for 90 %
+    assert bp.stands(res, "neuroprune", 0.0, 0) is None and bp.stands(res, "neuroprune", 0.5, 1) is None
+    res["runs"]["e"] = run("neuroprune", 0.9, 0, 0.97)
+    for name, r in res["runs"].items():
+        r["name"] = name
+    assert bp.stands(res, "neuroprune", 0.9, 0)["mlp_sparsity"] == 0.95  # tried for 90 %: reported, unmatched
+    rows = {(r["method"], r["target"]): r for r in bp.summary(res)}
+    assert rows[("neuroprune", 0.9)]["matched"] == [False] and rows[("neuroprune", 0.7)]["matched"] == [True, True]
+    assert ("neuroprune", 0.0) not in rows and "(unmatched)" in "".join(bp.table(res))
+
+
+def test_kept_sample_gives_the_exact_overlap_on_a_small_model_and_a_close_one_on_a_large(tmp_path):
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from analysis import kept_weights as bp
+
+    def model(name, masks):
+        d = tmp_path / name
+        d.mkdir()
+        tensors = {k: torch.where(torch.from_numpy(m), torch.ones(m.shape), torch.zeros(m.shape)) for k, m in masks.items()}
+        tensors["encoder.layer.0.attention.output.dense.weight"] = torch.ones(4, 4)  # attention: not counted
+        save_file(tensors, str(d / "model.safetensors"))
+        return d
+
+    rng = np.random.default_rng(3)
+    keys = ("encoder.layer.0.intermediate.dense.weight", "encoder.layer.0.output.dense.weight")
+    a = {k: rng.random((300, 200)) < 0.5 for k in keys}
+    b = {k: m & (rng.random(m.shape) < 0.6) for k, m in a.items()}  # keeps a subset of a's weights
+    exact = sum(int((a[k] & b[k]).sum()) for k in keys) / sum(int((a[k] | b[k]).sum()) for k in keys)
+    da, db = model("a", a), model("b", b)
+    full = [bp.kept_sample(d, n=10**6) for d in (da, db)]  # 120,000 weights: every position recorded
+    assert bp.kept_overlap(*full) == exact and bp.kept_overlap(full[0], full[0]) == 1.0
+    sampled = [bp.kept_sample(d, n=20_000) for d in (da, db)]
+    assert sampled[0] != full[0] and abs(bp.kept_overlap(*sampled) - exact) < 0.02  # s.e. about 0.005
+    assert bp.kept_overlap(sampled[0], full[1]) is None and bp.kept_overlap(None, full[1]) is None
