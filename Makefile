@@ -27,69 +27,69 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2
 
 bench: $(STAMP)
-	$(PY) analysis/bench_analysis.py
+	$(PY) -m analysis.bench_analysis
 
 bench-train: $(STAMP)
-	$(PY) analysis/bench_neuroprune.py --resume
+	$(PY) -m analysis.bench_neuroprune --resume
 
 bench-oneshot: $(STAMP)
-	$(PY) analysis/bench_oneshot.py --resume
+	$(PY) -m analysis.bench_oneshot --resume
 
 bench-owl: $(STAMP)
-	$(PY) analysis/owl_sweep.py --resume
+	$(PY) -m analysis.owl_sweep --resume
 
 bench-compact: $(STAMP)
-	$(PY) analysis/bench_compact.py --phase train --resume
-	$(PY) analysis/bench_compact.py --phase latency
+	$(PY) -m analysis.bench_compact --phase train --resume
+	$(PY) -m analysis.bench_compact --phase latency
 
 bench-distill: $(STAMP)
-	$(PY) analysis/bench_distill.py --resume
+	$(PY) -m analysis.bench_distill --resume
 
 bench-gather: $(STAMP)
-	$(PY) analysis/bench_gather.py --resume
+	$(PY) -m analysis.bench_gather --resume
 
 bench-heads: $(STAMP)
-	$(PY) analysis/bench_heads.py
+	$(PY) -m analysis.bench_heads
 
 bench-topology: $(STAMP)
-	$(PY) analysis/bench_topology.py --resume
+	$(PY) -m analysis.bench_topology --resume
 
 bench-heads-train: $(STAMP)
-	$(PY) analysis/bench_heads_train.py --resume
+	$(PY) -m analysis.bench_heads_train --resume
 
 bench-frontier: $(STAMP)
-	$(PY) analysis/frontier_paper_mode.py --resume
+	$(PY) -m analysis.frontier_paper_mode --resume
 
 bench-separate: $(STAMP)
-	$(PY) analysis/bench_separate.py --resume
+	$(PY) -m analysis.bench_separate --resume
 
 bench-paper: $(STAMP)
-	$(PY) analysis/bench_paper_compare.py --resume
+	$(PY) -m analysis.bench_paper_compare --resume
 
 bench-time: $(STAMP)
-	$(PY) analysis/bench_time_to_sparsity.py --resume
+	$(PY) -m analysis.bench_time_to_sparsity --resume
 
 bench-head-distance: $(STAMP)
-	$(PY) analysis/bench_head_distance.py --resume
+	$(PY) -m analysis.bench_head_distance --resume
 
 # the stored results whose measured code has changed since they were measured
 stale: $(STAMP)
-	$(PY) analysis/stale.py
+	$(PY) -m analysis.stale
 
 bench-scaling: $(STAMP)
-	$(PY) analysis/bench_scaling.py --resume
-	$(PY) analysis/bench_scaling.py --compare-cluster --resume
-	$(PY) analysis/bench_scaling.py --compare-cluster --cluster-size 0.5 --resume \
+	$(PY) -m analysis.bench_scaling --resume
+	$(PY) -m analysis.bench_scaling --compare-cluster --resume
+	$(PY) -m analysis.bench_scaling --compare-cluster --cluster-size 0.5 --resume \
 		--out analysis/results/bench_scaling_cluster_0.5b.json
 
 figures: $(STAMP)
-	$(PY) analysis/make_figures.py
-	$(PY) analysis/bench_neuroprune.py --plot-only
-	$(PY) analysis/bench_compact.py --plot-only
-	$(PY) analysis/fig_ccdf_training.py --plot-only
-	$(PY) analysis/bench_distill.py --plot-only
-	$(PY) analysis/bench_heads.py --plot-only
-	$(PY) analysis/bench_scaling.py --plot-only
+	$(PY) -m analysis.make_figures
+	$(PY) -m analysis.bench_neuroprune --plot-only
+	$(PY) -m analysis.bench_compact --plot-only
+	$(PY) -m analysis.fig_ccdf_training --plot-only
+	$(PY) -m analysis.bench_distill --plot-only
+	$(PY) -m analysis.bench_heads --plot-only
+	$(PY) -m analysis.bench_scaling --plot-only
 
 clean:
 	rm -rf $(VENV) demo-report

@@ -1,6 +1,6 @@
 """Benchmark of ``topoprune.analyze``: speed, agreement with networkx, peak memory.
 
-Run with ``make bench`` (``.venv/bin/python analysis/bench_analysis.py``); ``--quick`` runs the
+Run with ``make bench`` (``.venv/bin/python -m analysis.bench_analysis``); ``--quick`` runs the
 networkx comparison on the first two blocks only and extrapolates its time to 72 matrices.
 
 What is measured, on whatever machine runs it:
@@ -37,16 +37,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from llama_checkpoint import LLAMA, generate_llama, rss_child, set_header_length, sniff_shards  # noqa: E402
+from analysis.harness import machine, offline_env  # noqa: E402
+from analysis.llama_checkpoint import LLAMA, generate_llama, rss_child, set_header_length, sniff_shards  # noqa: E402
+from analysis.memory import GB, RSS_SLACK, CpuMeter, run_rss_child  # noqa: E402
 
 # Everything heavy is imported inside functions: the --rss-child process (``llama_checkpoint.rss_child``)
 # must import only topoprune, so that its peak RSS is topoprune's.
@@ -54,84 +54,6 @@ from llama_checkpoint import LLAMA, generate_llama, rss_child, set_header_length
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "analysis" / "results" / "bench_analysis.json"
 MEMORY_OUT = ROOT / "analysis" / "results" / "bench_analysis_memory.json"
-GB = 1e9  # decimal gigabytes throughout
-
-RSS_SLACK = 0.6 * GB
-
-
-def _env() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def machine_info() -> dict:
-    import igraph
-    import networkx
-    import numpy
-    import powerlaw
-    import safetensors
-    import scipy
-    import torch
-    import transformers
-
-    import topoprune
-
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return dict(
-        nproc=nproc, cpu_count=os.cpu_count(), cpu=cpu, mem_total_gb=round(mem / GB, 1) if mem else None,
-        gpu=bool(torch.cuda.is_available()), platform=platform.platform(), python=platform.python_version(),
-        torch=torch.__version__, numpy=numpy.__version__, scipy=scipy.__version__, networkx=networkx.__version__,
-        powerlaw=getattr(powerlaw, "__version__", "?"), igraph=igraph.__version__,
-        safetensors=safetensors.__version__, transformers=transformers.__version__, topoprune=topoprune.__version__,
-    )
-
-
-class CpuMeter:
-    """CPU time used on the machine by *other* processes while a block runs (on a small shared
-    machine a concurrent job skews timings, so the load is recorded next to them)."""
-
-    @staticmethod
-    def _busy() -> float:
-        try:
-            with open("/proc/stat") as fh:
-                v = [int(x) for x in fh.readline().split()[1:]]
-        except OSError:
-            return float("nan")
-        idle = v[3] + (v[4] if len(v) > 4 else 0)
-        return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _own() -> float:
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
-
-    def __enter__(self):
-        self.t0, self.b0, self.o0 = time.perf_counter(), self._busy(), self._own()
-        return self
-
-    def __exit__(self, *exc):
-        wall = time.perf_counter() - self.t0
-        other = (self._busy() - self.b0) - (self._own() - self.o0)
-        self.foreign_cpus = max(other, 0.0) / wall if wall > 0 else float("nan")  # average busy CPUs
-
-    def __float__(self):
-        return float(self.foreign_cpus)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,29 +116,12 @@ def same_tables(a, b) -> bool:
 # 3. networkx + powerlaw pipeline
 # ---------------------------------------------------------------------------------------------
 
-from nx_baseline import compare_with_networkx, networkx_pipeline  # noqa: E402  (same folder)
+from analysis.nx_baseline import compare_with_networkx, networkx_pipeline  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
 # 4. Peak RSS on a generated >= 2 GB checkpoint
 # ---------------------------------------------------------------------------------------------
-
-def run_rss_child(path: Path, n_jobs: int, modularity: bool = False, *, script: Path | None = None,
-                  extra: tuple = ()) -> dict:
-    """Run ``script --rss-child PATH N_JOBS MODULARITY *extra`` (this script by default) in a fresh process
-    (``llama_checkpoint.rss_child``); return what it printed, with the CPUs other processes kept busy."""
-    # Linux keeps ru_maxrss across exec: a child exec'd straight from this (large) process would
-    # report this process's peak. A shell that forks before exec gives it a fresh count.
-    cmd = ["/bin/sh", "-c", '"$@"; exit $?', "sh",
-           sys.executable, str(script or Path(__file__).resolve()), "--rss-child", str(path), str(n_jobs),
-           str(int(modularity)), *map(str, extra)]
-    with CpuMeter() as meter:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
-    if proc.returncode != 0:
-        raise RuntimeError(f"RSS child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["foreign_cpus"] = float(meter)
-    return out
 
 
 def rss_benchmark(bug_demo: bool = True, blocks: int | None = None) -> dict:
@@ -362,7 +267,7 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks", type=int, default=None, help="blocks of the generated LLaMA-like checkpoint (10)")
     ap.add_argument("--rss-child", nargs=3, metavar=("PATH", "N_JOBS", "MODULARITY"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    _env()
+    offline_env()
     if args.rss_child:
         rss_child(args.rss_child[0], int(args.rss_child[1]), bool(int(args.rss_child[2])))
         return 0
@@ -370,7 +275,7 @@ def main(argv=None) -> int:
         return memory_main(args)
 
     t_all = time.perf_counter()
-    res: dict = {"quick": args.quick, "machine": machine_info(), "loadavg_start": os.getloadavg()}
+    res: dict = {"quick": args.quick, "machine": machine(), "loadavg_start": os.getloadavg()}
     m = res["machine"]
     print(f"machine: {m['nproc']} CPUs ({m['cpu']}), GPU: {m['gpu']}, Python {m['python']}, torch {m['torch']}",
           flush=True)
@@ -429,7 +334,7 @@ def main(argv=None) -> int:
 def memory_main(args) -> int:
     """``--memory-only``: the peak-RSS part alone, its own results file."""
     out = MEMORY_OUT if args.out == DEFAULT_OUT else args.out
-    res: dict = {"machine": machine_info(), "loadavg_start": os.getloadavg()}
+    res: dict = {"machine": machine(), "loadavg_start": os.getloadavg()}
     print("peak-RSS benchmark on a generated LLaMA-like checkpoint ...", flush=True)
     res["rss"] = rss_benchmark(bug_demo=not args.no_bug_demo, blocks=args.blocks)
     res["loadavg_end"] = os.getloadavg()

@@ -29,146 +29,34 @@ Phases (results in ``analysis/results/bench_compact.json``, rewritten after ever
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from analysis.compaction_runs import TRAIN_KEYS, key, measure_all, train_one  # noqa: E402
 from analysis.figsave import save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
+from analysis.harness import load_results, save_results  # noqa: E402
 from topoprune.compaction import compact, load_compact  # noqa: E402
-from topoprune.compaction.run import run_compact  # noqa: E402
 from topoprune.graph.binding import Binding  # noqa: E402
-from topoprune.io import atomic_path  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_compact.json"
 #: (method, share of neurons, share of heads) of every training run; "dense" first.
 SETTINGS = [("dense", 0.0, 0.0)] + [(m, n, h) for m in ("neuroprune", "gmp")
                                     for n, h in ((0.25, 0.0), (0.5, 0.0), (0.75, 0.0), (0.5, 1 / 3), (0.75, 1 / 3))]
-TRAIN_KEYS = ("epochs", "lr", "n_train", "n_eval", "seed")
-
-
-def key(method: str, neurons: float, heads: float) -> str:
-    return f"{method}-n{neurons:.2f}-h{heads:.2f}"
-
-
-def load_results(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {"settings": {}, "runs": {}, "latency": {}}
-
-
-def save_results(path: Path, results: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(results, indent=1))
 
 
 # ----------------------------------------------------------------------------- training
-def train_one(method, neurons, heads, args, workdir: Path, distill: dict | None = None, suffix: str = "") -> dict:
-    """Train one setting in ``workdir`` (optionally distilled from a teacher) and compact it."""
-    from topoprune.train.run import TrainConfig, train
-
-    name = key(method, neurons, heads) + suffix
-    run_dir, small = workdir / name, workdir / f"{name}-compact"
-    npc = {"method": method, "seed": args.seed}
-    if method != "dense":
-        npc.update(neuron_target=neurons or None, head_target=heads or None)
-    cfg = TrainConfig(model="minilm", data="tweets", out=str(run_dir), epochs=args.epochs, lr=args.lr,
-                      n_train=args.n_train, n_eval=args.n_eval, seed=args.seed, topology_every=0, save_steps=10_000,
-                      neuroprune=npc, distill=distill)
-    t0 = time.perf_counter()
-    rec = train(cfg, overwrite=True, progress=False)
-    comp = run_compact(run_dir, small, overwrite=True)
-    row = {"method": method, "neurons": neurons, "heads": heads, "accuracy": rec["metrics"]["eval_accuracy"],
-           "steps": rec["steps"], "train_seconds": rec["train_seconds"], "wall_seconds": time.perf_counter() - t0,
-           "heads_remaining": sum(rec["heads_remaining"].values()), "parameters": comp["parameters"],
-           "bytes": comp["bytes"], "plain_from_pretrained": comp["plain"], "blocks": comp["blocks"],
-           "model": str(small)}
-    print(json.dumps({k: v for k, v in row.items() if k != "blocks"}), flush=True)
-    return row
 
 
 # ----------------------------------------------------------------------------- timing
-def encoder_macs(model, seq: int) -> float:
-    """Multiply-adds per sequence of the attention and MLP blocks (projections, scores, mixing, MLP)."""
-    b = Binding(model)
-    total = 0.0
-    for la in b.attention:
-        for spec in (la.q, la.k, la.v, la.o):
-            total += seq * spec.shape[0] * spec.shape[1]
-        total += 2 * seq * seq * la.q.shape[0]  # Q K^T and softmax(.) V over the kept heads
-    for mlp in b.mlp:
-        total += seq * sum(s.shape[0] * s.shape[1] for s in (*mlp.inputs, mlp.out))
-    return total
-
-
-def time_model(model, vocab: int, seq: int, batch: int, repeats: int, warmup: bool = True) -> list[float]:
-    """Seconds of ``repeats`` forward passes on random token ids (after one warm-up pass if ``warmup``)."""
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, vocab - 1, (batch, seq), generator=g)
-    mask = torch.ones_like(ids)
-    times = []
-    with torch.inference_mode():
-        for i in range(repeats + int(warmup)):
-            t = time.perf_counter()
-            model(input_ids=ids, attention_mask=mask)
-            if i >= int(warmup):
-                times.append(time.perf_counter() - t)
-    return times
-
-
-#: (sequence length, batch) of every timing: batch-1 latency and batch-32 throughput.
-SHAPES = [(64, 1), (128, 1), (64, 32), (128, 32)]
-
-
-def measure_all(models: dict, args, threads: int) -> dict:
-    """Time every model of ``models`` against the first one (the dense reference), pass by pass.
-
-    ``--rounds`` rounds; in each, every pruned model and shape gets a few passes, each paired with a
-    pass of the reference right before or after it (the order alternates). The speed-up is the
-    median over pairs of (reference time / model time): a slow phase of a shared machine slows both
-    passes of a pair alike, so it cancels in the ratio, where the ratio of two medians taken at
-    different moments keeps it. Absolute figures are medians of all passes."""
-    torch.set_num_threads(threads)
-    names = list(models)
-    ref, others = names[0], names[1:]
-    times = {name: {shape: [] for shape in SHAPES} for name in names}
-    pairs = {name: {shape: [] for shape in SHAPES} for name in others}
-    for name in names:  # one warm-up pass per model and shape
-        for seq, batch in SHAPES:
-            time_model(models[name], models[name].config.vocab_size, seq, batch, 0)
-    for r in range(args.rounds):
-        for name in others or [ref]:
-            for seq, batch in SHAPES:
-                n = max(1, args.repeats // args.rounds) if batch == 1 else 1
-                for i in range(n):
-                    order = [ref, name] if (r + i) % 2 == 0 else [name, ref]
-                    t = {m: time_model(models[m], models[m].config.vocab_size, seq, batch, 1, warmup=False)[0]
-                         for m in dict.fromkeys(order)}
-                    for m, v in t.items():
-                        times[m][(seq, batch)].append(v)
-                    if name != ref:
-                        pairs[name][(seq, batch)].append(t[ref] / t[name])
-        print(f"# timing round {r + 1}/{args.rounds} ({threads} threads)", file=sys.stderr, flush=True)
-    out = {}
-    for name, model in models.items():
-        row = {}
-        for seq in (64, 128):
-            row[str(seq)] = {"latency_ms": 1000 * statistics.median(times[name][(seq, 1)]),
-                             "throughput": 32 / statistics.median(times[name][(seq, 32)]),
-                             "macs": encoder_macs(model, seq), "batch1_s": times[name][(seq, 1)],
-                             "batch32_s": times[name][(seq, 32)], "reference": ref,
-                             "pairs_batch1": pairs.get(name, {}).get((seq, 1), []),
-                             "pairs_batch32": pairs.get(name, {}).get((seq, 32), [])}
-        out[name] = row
-    return out
 
 
 def synthetic(kind: str, neurons: float, heads: float):
@@ -251,13 +139,6 @@ def pooled(lat: dict, names: list[str], seq: int) -> dict | None:
 def speedup(row: dict, base: dict) -> float:
     """Batch-32 speed-up at 128 tokens of a pooled row: median of paired ratios, else the ratio of medians."""
     return row[128]["speedup"][0] if "speedup" in row[128] else row[128]["throughput"] / base[128]["throughput"]
-
-
-def throughput_speedup(timing: dict, base: dict) -> float:
-    """Batch-32 speed-up of one model's timing (one sequence length of ``measure_all``'s output) over
-    ``base``'s: the median of its paired ratios when it was timed in pairs, else the ratio of medians."""
-    pairs = timing.get("pairs_batch32")
-    return statistics.median(pairs) if pairs else timing["throughput"] / base["throughput"]
 
 
 def widths_rows(results: dict) -> list[dict]:

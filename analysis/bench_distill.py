@@ -21,19 +21,17 @@ import argparse
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from analysis.bench_compact import (TRAIN_KEYS, key, load_results, measure_all, save_results,  # noqa: E402
-                                    throughput_speedup, train_one)
+from analysis.compaction_runs import TRAIN_KEYS, key, measure_all, throughput_speedup, train_one  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
+from analysis.harness import load_results, save_results  # noqa: E402
 from topoprune.compaction import load_compact  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_distill.json"

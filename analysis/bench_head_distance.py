@@ -11,7 +11,7 @@ scale) and how many heads ELIM_REDUNDANT would remove there at each threshold of
 the paper's absolute θ = 0.15 and the scale-free θ (``theta_scale="layer"``). The runs themselves
 prune heads as the paper does (absolute θ = 0.15 at epoch ends).
 
-Run: ``make bench-head-distance`` (``.venv/bin/python analysis/bench_head_distance.py --resume``;
+Run: ``make bench-head-distance`` (``.venv/bin/python -m analysis.bench_head_distance --resume``;
 8 runs, about 30 minutes on 2 cores). ``--quick`` is a smoke run on 256 tweets into a temporary
 directory. Results: ``analysis/results/bench_head_distance.json``; figure
 ``figures/head_distance.{png,svg}``.
@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from analysis.bench_compact import load_results, save_results  # noqa: E402
+from analysis.harness import load_results, save_results  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
 

@@ -22,12 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -218,7 +216,7 @@ def main():
         res = json.loads(args.out.read_text())
     else:
         if not (args.dense / "topoprune.json").is_file():
-            from analysis.bench_compact import train_one
+            from analysis.compaction_runs import train_one
 
             ns = argparse.Namespace(epochs=3.0, lr=1e-4, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed)
             train_one("dense", 0.0, 0.0, ns, args.dense.parent)

@@ -25,15 +25,13 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from analysis.bench_compact import load_results, save_results  # noqa: E402
+from analysis.harness import load_results, save_results  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
 

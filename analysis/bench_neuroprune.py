@@ -8,7 +8,7 @@ per step (relative to dense), achieved MLP sparsity and the connectivity sd of M
 (Dhurandhar et al. report 12.12 at 50 % and 4.16 at 90 % sparsity, against 0.13 for dense
 fine-tuning).
 
-Run: ``make bench-train`` (``.venv/bin/python analysis/bench_neuroprune.py --resume``); writes
+Run: ``make bench-train`` (``.venv/bin/python -m analysis.bench_neuroprune --resume``); writes
 ``analysis/results/bench_neuroprune.json`` (after every run, so a killed benchmark keeps its finished
 runs; ``--resume`` skips runs the file already holds with identical settings and code fingerprint) and
 ``figures/neuroprune_accuracy.{png,svg}``.
@@ -26,24 +26,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import topoprune  # noqa: E402
 from analysis.figsave import save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
-from topoprune.graph.config import AnalysisConfig, GraphConfig  # noqa: E402
+from analysis.kept_weights import mlp_connectivity  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 from topoprune.train.run import TrainConfig, train  # noqa: E402
-
-
-def mlp_connectivity(model_dir: Path, eps: float) -> dict:
-    """Connectivity sd of MLP neurons (rows of the expand/contract matrices), in entries and as a fraction."""
-    cfg = AnalysisConfig(graph=GraphConfig(threshold=eps, mode="threshold"), fits=False, matrix_modularity=False,
-                         roles=("mlp_in", "mlp_out"), n_jobs=1, pattern_size=0)
-    df = topoprune.analyze(model_dir, config=cfg)
-    return {"conn_sd_count": float(df["in_sd"].mean()), "conn_sd_fraction": float(df["in_conn_sd"].mean()),
-            "conn_sd_percent": float(100 * df["in_conn_sd"].mean()),
-            "mlp_sparsity": float(1 - df["n_edges"].sum() / (df["n_out"] * df["n_in"]).sum())}
 
 
 def run(method: str, target: float | None, args, workdir: Path) -> dict:

@@ -36,7 +36,7 @@ A run's key names its setting only when it is not ours, so runs stored before th
 existed resume as ours. ``--fill-heldout`` reruns the stored runs of the grid that lack the
 held-out perplexity (the rerun's PTB-test perplexity is printed next to the stored one).
 
-Run: ``make bench-oneshot`` (``.venv/bin/python analysis/bench_oneshot.py --resume``); writes
+Run: ``make bench-oneshot`` (``.venv/bin/python -m analysis.bench_oneshot --resume``); writes
 ``analysis/results/bench_oneshot.json`` and ``figures/oneshot_perplexity.{png,svg}``.
 ``--quick`` (random tiny-llama, 70 % only, a few short windows) is a smoke test: it writes
 its results and figure into a temporary directory, never into the repository.
@@ -49,7 +49,6 @@ import json
 import logging
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -57,16 +56,14 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-import topoprune  # noqa: E402
 from analysis.figsave import save_figure  # noqa: E402
+from analysis.harness import load_done, machine, save_results  # noqa: E402
 from topoprune.oneshot.calibration import perplexity, sample_windows, text_ids  # noqa: E402
 from topoprune.oneshot.prune import SETTINGS, OneShotConfig, prune  # noqa: E402
 from topoprune.models import load_causal_lm  # noqa: E402
-from topoprune.io import atomic_path  # noqa: E402
 
 QUICK_DIR = Path(tempfile.gettempdir()) / "topoprune-bench-oneshot-quick"
 ALLOCATION_STYLE = {"uniform": ("s", "tab:blue"), "owl": ("^", "tab:orange"), "neuroal": ("o", "tab:green")}
@@ -112,32 +109,6 @@ def heldout_spec(args) -> dict | None:
     if args.heldout_tokens < 0:
         return None
     return {"text": HELDOUT_TEXT, "tokens": args.heldout_tokens, "window": args.window}
-
-
-def machine() -> dict:
-    import transformers
-
-    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "topoprune": topoprune.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor()}
-
-
-def write_results(path: Path, result: dict) -> None:
-    """Write ``result`` to ``path`` atomically (never half-written)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
-
-
-def load_done(path: Path, resume: bool) -> list[dict]:
-    """Finished rows of an earlier run (only with ``--resume``; rows that failed are run again)."""
-    if not resume or not path.is_file():
-        return []
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        print(f"# cannot resume from {path} ({exc}); starting afresh", file=sys.stderr, flush=True)
-        return []
-    return [r for r in old.get("rows", []) if "key" in r and not r.get("error")]
 
 
 # ----------------------------------------------------------------------------- runs
@@ -358,7 +329,7 @@ def main():
     settings_used = {k: v for k, v in vars(args).items()}
 
     def save():
-        write_results(out, {"settings": settings_used, "machine": machine(), "setup": setup, "rows": rows + extra,
+        save_results(out, {"settings": settings_used, "machine": machine(), "setup": setup, "rows": rows + extra,
                             "checks": checks(rows + extra), "seconds_total": time.perf_counter() - t0})
 
     skipped = 0

@@ -42,15 +42,14 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from analysis.bench_compact import load_results, save_results  # noqa: E402
-from analysis.bench_neuroprune import mlp_connectivity  # noqa: E402
-from analysis.bench_separate import SETTINGS, example_correct, paired_accuracy, paired_over_seeds  # noqa: E402
+from analysis.bracketing import next_alpha  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
-from analysis.kept_weights import kept_overlap, kept_sample  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
+from analysis.harness import ROOT, load_results, save_results  # noqa: E402
+from analysis.kept_weights import kept_overlap, kept_sample, mlp_connectivity  # noqa: E402
+from analysis.paired import paired_accuracy, paired_over_seeds  # noqa: E402
+from analysis.tasks import SETTINGS, example_correct  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_paper_compare.json"
 QUICK = {"model": "minilm", "data": "tweets3", "n_train": 256, "n_eval": 128, "epochs": 1.0, "lr": 1e-4,
@@ -70,44 +69,6 @@ PENALISED = ("neuroprune", "neuroprune-beta", "l1", "l1-gradient")
 #: first alpha tried per method, for a 930-step run (scaled by 930 / steps): a guess, refined by bracketing.
 FIRST_ALPHA = {"neuroprune": 3e-5, "neuroprune-beta": 3e-5, "l1": 3e-5, "l1-gradient": 3e-3}
 TARGETS = (0.5, 0.7, 0.9)
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-4), 1 - 1e-4)
-    return math.log(p / (1 - p))
-
-
-def next_alpha(tries: list[tuple[float, float]], target: float, first: float, slope: float = 1.6,
-               max_factor: float = 8.0) -> float:
-    """The penalty weight to try next so that the MLP sparsity reaches ``target``.
-
-    Sparsity rises monotonically with alpha; logit(sparsity) is close to linear in log(alpha)
-    (slope about 1.6 in the 2,000-tweet frontier). ``tries``: (alpha, reached sparsity) so far.
-    None: ``first``. One: a step of the assumed ``slope``. More: a secant through the two tries
-    closest to the target in logit, falling back to ``slope`` where the secant is flat or falls.
-    A step is at most ``max_factor`` either way, and once tries lie on both sides of the target
-    the next one stays strictly inside that bracket (its geometric middle when the step leaves it).
-    """
-    if not tries:
-        return first
-    goal = _logit(target)
-    near = sorted(tries, key=lambda t: abs(_logit(t[1]) - goal))
-    (a0, s0) = near[0]
-    k = slope
-    if len(near) > 1 and near[1][0] != a0:
-        (a1, s1) = near[1]
-        secant = (_logit(s1) - _logit(s0)) / (math.log(a1) - math.log(a0))
-        if secant > 0.05:
-            k = secant
-    step = max(-math.log(max_factor), min(math.log(max_factor), (goal - _logit(s0)) / k))
-    alpha = a0 * math.exp(step)
-    below = [a for a, s in tries if s < target]
-    above = [a for a, s in tries if s >= target]
-    if below and above:  # the closest alphas on either side of the target
-        lo, hi = max(below), min(above)
-        if lo < hi and not lo < alpha < hi:
-            alpha = math.sqrt(lo * hi)
-    return float(f"{alpha:.4g}")
 
 
 def run_name(method: str, target: float, seed: int, alpha: float | None) -> str:
@@ -173,10 +134,12 @@ def chosen(res: dict, method: str, target: float, seed: int) -> dict | None:
 
 
 def matched_sparsity(res: dict, method: str, target: float, seed: int) -> float | None:
+    """The sparsity ``method`` is matched to at ``target``: the target itself, or what the run that
+    stands for its reference method there reached (None while there is none)."""
     ref = METHODS[method][1]
     if ref is None:
         return target if method != "dense" else 0.0
-    r = chosen(res, ref, target, seed)
+    r = stands(res, ref, target, seed)
     return r["mlp_sparsity"] if r else None
 
 

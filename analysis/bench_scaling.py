@@ -1,6 +1,6 @@
 """How ``topoprune analyze`` scales with model size, and what a Dask cluster buys.
 
-Run with ``make bench-scaling`` (``.venv/bin/python analysis/bench_scaling.py --resume``).
+Run with ``make bench-scaling`` (``.venv/bin/python -m analysis.bench_scaling --resume``).
 
 **Checkpoints.** Random N(0, 0.02) LLaMA-architecture checkpoints in bf16, sharded safetensors
 (``llama_checkpoint.generate_llama``), with the widths of published models of about 0.1, 0.5, 1, 3
@@ -53,10 +53,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from bench_analysis import GB, RSS_SLACK, _env, machine_info, run_rss_child  # noqa: E402
-from llama_checkpoint import _llama_tensors, generate_llama, rss_child  # noqa: E402
+from analysis.harness import machine, offline_env  # noqa: E402
+from analysis.llama_checkpoint import generate_llama, llama_tensors, rss_child  # noqa: E402
+from analysis.memory import GB, RSS_SLACK, run_rss_child  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_scaling.json"
 FIGURES = ROOT / "figures"
@@ -91,7 +91,7 @@ def checkpoint(size: str) -> tuple[Path, dict]:
         info = json.loads(record.read_text())
         if info.get("geometry") == geometry and info.get("dtype") == DTYPE:
             return path, info
-    need = sum(math.prod(s) for _, s in _llama_tensors(geometry)) * 2  # bf16
+    need = sum(math.prod(s) for _, s in llama_tensors(geometry)) * 2  # bf16
     staging = path.with_name(path.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -123,7 +123,7 @@ def measure(path: Path, n_jobs: int, modularity: bool, scheduler: str | None = N
     """One analysis in a fresh child process; its per-matrix seconds summed per kind of matrix."""
     from topoprune.graph.timing import TIME_COLUMNS
 
-    r = run_rss_child(path, n_jobs, modularity, script=Path(__file__).resolve(), extra=(scheduler or "-",))
+    r = run_rss_child(path, n_jobs, modularity, module="analysis.bench_scaling", extra=(scheduler or "-",))
     r["worker_peak"] = max(r["maxrss_children"], r.get("sampled_peak_descendant") or 0)
     kinds: dict = {}
     for m in r["timing"].pop("matrices"):
@@ -178,14 +178,14 @@ def stage_rates(runs: list[dict]) -> dict:
 def estimate_70b(rates: dict) -> dict:
     """Core seconds of a LLaMA-2-70B-shaped analysis at the measured rates, and wall time on N workers."""
     costs = []
-    for name, shape in _llama_tensors(SHAPE_70B):
+    for name, shape in llama_tensors(SHAPE_70B):
         if len(shape) != 2 or "layers." not in name:
             continue
         edges = round(DENSITY * shape[0] * shape[1])
         rate = rates[name.split(".", 3)[-1]]
         costs.append(sum(edges / r for r in rate.values() if r))
     total, largest = sum(costs), max(costs)
-    fp32 = max(math.prod(s) for n, s in _llama_tensors(SHAPE_70B) if len(s) == 2 and "layers." in n) * 4
+    fp32 = max(math.prod(s) for n, s in llama_tensors(SHAPE_70B) if len(s) == 2 and "layers." in n) * 4
     return dict(model=SHAPE_70B, n_matrices=len(costs), core_seconds=total, largest_matrix_s=largest,
                 worker_memory_bound_gb=(3 * fp32 + RSS_SLACK) / GB,
                 wall_s={str(n): max(total / n, largest) for n in WORKERS_70B})
@@ -332,7 +332,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rss-child", nargs=4, metavar=("PATH", "N_JOBS", "MODULARITY", "SCHEDULER"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    _env()
+    offline_env()
     if args.rss_child:
         p, n, m, sched = args.rss_child
         rss_child(p, int(n), bool(int(m)), None if sched == "-" else sched)
@@ -358,7 +358,7 @@ def main(argv=None) -> int:
                 results.pop("cluster", None)
             else:
                 results.update(runs={}, checkpoints={}, growth={})
-        results["machine"] = machine_info()
+        results["machine"] = machine()
         if args.compare_cluster:
             compare_cluster(args, results)
         else:

@@ -42,75 +42,20 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from analysis.bench_compact import load_results, save_results  # noqa: E402
-from analysis.bench_neuroprune import mlp_connectivity  # noqa: E402
+from analysis.harness import load_results, save_results  # noqa: E402
+from analysis.kept_weights import mlp_connectivity  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
+from analysis.paired import group_runs, paired_accuracy, paired_change, paired_over_seeds  # noqa: E402
+from analysis.tasks import SETTINGS, block_losses, example_correct  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_separate.json"
-#: setting -> TrainConfig fields.
-SETTINGS = {
-    "tweets3": {"model": "minilm", "data": "tweets3", "n_train": None, "n_eval": None, "epochs": 1.0, "lr": 1e-4,
-                "batch_size": 32, "max_length": 64},
-    "ptb": {"model": "smollm2", "data": "ptb", "n_train": 480, "n_eval": 200, "epochs": 1.0, "lr": 1e-4,
-            "batch_size": 8, "max_length": 128},
-}
 METHODS = ("neuroprune", "gmp", "l1", "random")
 
 
 def run_name(setting: str, method: str, target: float | None, seed: int) -> str:
     return f"{setting}-{method}" + (f"-{target:g}" if target else "") + f"-s{seed}"
-
-
-def block_losses(model_dir: Path, n_blocks: int, block_size: int, batch: int = 8) -> list[float]:
-    """Mean next-token cross-entropy of each held-out PTB block (the evaluation blocks of the run), so
-    that two methods can be compared block by block (a paired standard error of their difference)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from topoprune.train.data import penn_treebank
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    ids = torch.tensor([ex["input_ids"] for ex in penn_treebank(tok, block_size=block_size,
-                                                                 n_train_blocks=1, n_eval_blocks=n_blocks).eval])
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(ids), batch):
-            x = ids[i:i + batch]  # [B, T]
-            logits = model(input_ids=x).logits[:, :-1]  # [B, T-1, V]
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")  # [B, T-1]
-            out += nll.mean(dim=1).tolist()
-    return out
-
-
-def example_correct(model_dir: Path, setting: str, seed: int, batch: int = 64, config: dict | None = None) -> str:
-    """Whether the model classifies each held-out tweet of the run correctly, as a string of 0/1 in
-    the order of the evaluation split, so that two methods can be compared tweet by tweet.
-    ``config``: the setting's TrainConfig fields, when ``setting`` is not one of :data:`SETTINGS`."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from topoprune.train.data import load_task
-
-    cfg = config or SETTINGS[setting]
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
-    data = load_task(cfg["data"], tok, max_length=cfg["max_length"], n_train=cfg["n_train"], n_eval=cfg["n_eval"],
-                     seed=seed)
-    items = [data.eval[j] for j in range(len(data.eval))]
-    order = sorted(range(len(items)), key=lambda j: len(items[j]["input_ids"]))  # batches of like length
-    correct = [False] * len(items)
-    with torch.inference_mode():
-        for i in range(0, len(order), batch):
-            x = data.collator([items[j] for j in order[i:i + batch]])
-            labels = x.pop("labels")  # [B]
-            hits = (model(**x).logits.argmax(-1) == labels).tolist()  # logits [B, classes]
-            for j, hit in zip(order[i:i + batch], hits):
-                correct[j] = hit
-    return "".join("1" if c else "0" for c in correct)
 
 
 def train_run(setting: str, method: str, target: float | None, seed: int, args) -> dict:
@@ -141,55 +86,6 @@ def train_run(setting: str, method: str, target: float | None, seed: int, args) 
                   f"trainer's {row['accuracy']:.4f}; no per-tweet comparison kept", file=sys.stderr)
     print(json.dumps({k: v for k, v in row.items() if k not in ("block_losses", "correct")}), flush=True)
     return row
-
-
-def paired_change(losses: list[float], reference: list[float]) -> tuple[float, float]:
-    """Perplexity change (%) of one run against another on the same held-out blocks, and its standard
-    error: the mean and s.e. of the per-block loss differences d, mapped by 100 (exp(d) - 1)."""
-    d = [a - b for a, b in zip(losses, reference)]
-    mean = sum(d) / len(d)
-    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
-    return 100 * math.expm1(mean), 100 * math.exp(mean) * se
-
-
-def paired_accuracy(correct: str, reference: str) -> tuple[float, float]:
-    """Accuracy difference (points) of one run against another on the same held-out examples, and its
-    standard error: the mean and s.e. of the per-example differences d in {-1, 0, 1}, times 100."""
-    d = [int(a) - int(b) for a, b in zip(correct, reference, strict=True)]
-    mean = sum(d) / len(d)
-    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
-    return 100 * mean, 100 * se
-
-
-def group_runs(rows: list[dict]) -> dict:
-    """Runs by ``(method, target)``, each group in stored order."""
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["method"], r["target"]), []).append(r)
-    return groups
-
-
-def paired_over_seeds(groups: dict, method: str, target: float | None, field: str, compare, reference: str = "gmp"):
-    """A method's paired difference from GMP (or ``reference``) at the same sparsity, over the seeds
-    both were run with.
-
-    Each seed's runs share their held-out examples (the split is drawn with the seed), so each seed
-    gives a paired difference and its standard error; the result is their mean, the standard error of
-    that mean (sqrt(sum se_i^2) / k, the seeds' test noise being independent), and the per-seed
-    differences (whose spread shows the training noise). ``None`` for the reference itself and where
-    no seed has both runs.
-    """
-    if method == reference:
-        return None
-    gmp = {r["seed"]: r.get(field) for r in groups.get((reference, target), [])}
-    per_seed = [compare(r[field], gmp[r["seed"]]) for r in sorted(groups.get((method, target), []),
-                                                                      key=lambda r: r["seed"])
-                if r.get(field) and gmp.get(r["seed"])]
-    if not per_seed:
-        return None
-    k = len(per_seed)
-    return (sum(c for c, _ in per_seed) / k, math.sqrt(sum(se * se for _, se in per_seed)) / k,
-            [c for c, _ in per_seed])
 
 
 def table(res: dict) -> list[str]:

@@ -44,15 +44,14 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from analysis.bench_compact import load_results, save_results  # noqa: E402
-from analysis.bench_neuroprune import mlp_connectivity  # noqa: E402
-from analysis.bench_paper_compare import _logit, next_alpha  # noqa: E402
-from analysis.bench_separate import example_correct, paired_accuracy  # noqa: E402
+from analysis.bracketing import _logit, next_alpha  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
+from analysis.harness import ROOT, load_results, save_results  # noqa: E402
+from analysis.kept_weights import mlp_connectivity  # noqa: E402
+from analysis.paired import paired_accuracy  # noqa: E402
+from analysis.tasks import example_correct  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_time_to_sparsity.json"
 #: the task: ``topoprune train``'s defaults, evaluated on 2,000 test tweets.

@@ -24,13 +24,11 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from analysis.fingerprint import code_fingerprint  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402

@@ -5,12 +5,27 @@ Two runs pruned to the same sparsity can keep different weights; the share they 
 survive, not only how many. Checkpoints are not kept once a benchmark run is measured, so each run
 records its kept set on a fixed uniform sample of MLP weight positions (:func:`kept_sample`, 16 KiB
 of bits for 131,072 positions) and any two runs of the same architecture can be compared later
-(:func:`kept_overlap`).
+(:func:`kept_overlap`). How evenly the surviving weights are spread over the MLP's neurons is
+their connectivity sd (:func:`mlp_connectivity`; Dhurandhar et al., "NeuroPrune", arXiv 2404.01306,
+report 12.12 % of a row at 50 % sparsity, 4.16 % at 90 % and 0.13 % dense).
 """
 from __future__ import annotations
 
 import base64
 from pathlib import Path
+
+import topoprune
+from topoprune.graph.config import AnalysisConfig, GraphConfig
+
+def mlp_connectivity(model_dir: Path, eps: float) -> dict:
+    """Connectivity sd of MLP neurons (rows of the expand/contract matrices), in entries and as a fraction."""
+    cfg = AnalysisConfig(graph=GraphConfig(threshold=eps, mode="threshold"), fits=False, matrix_modularity=False,
+                         roles=("mlp_in", "mlp_out"), n_jobs=1, pattern_size=0)
+    df = topoprune.analyze(model_dir, config=cfg)
+    return {"conn_sd_count": float(df["in_sd"].mean()), "conn_sd_fraction": float(df["in_conn_sd"].mean()),
+            "conn_sd_percent": float(100 * df["in_conn_sd"].mean()),
+            "mlp_sparsity": float(1 - df["n_edges"].sum() / (df["n_out"] * df["n_in"]).sum())}
+
 
 #: how many MLP weight positions :func:`kept_sample` records per run (a fixed uniform sample).
 KEPT_SAMPLE = 1 << 17

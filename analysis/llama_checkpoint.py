@@ -22,7 +22,7 @@ LLAMA = dict(hidden=2048, ffn=5632, heads=32, kv_heads=4, layers=10, vocab=32000
 MAX_SHARD_BYTES = 700e6
 
 
-def _llama_tensors(g: dict) -> list[tuple[str, tuple[int, ...]]]:
+def llama_tensors(g: dict) -> list[tuple[str, tuple[int, ...]]]:
     """Tensor names and shapes in the order transformers writes a LLaMA checkpoint (no ``lm_head``
     when ``g["tie"]``: the output layer is the embedding)."""
     h, f, hd = g["hidden"], g["ffn"], g["hidden"] // g["heads"]
@@ -52,7 +52,7 @@ def generate_llama(directory: Path, geometry: dict = LLAMA, max_shard_bytes: flo
     import torch
     from safetensors.torch import save_file
 
-    tensors = _llama_tensors(geometry)
+    tensors = llama_tensors(geometry)
     store = getattr(torch, dtype)
     itemsize = torch.empty(0, dtype=store).element_size()
     shards, cur, size = [], [], 0

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python analysis/make_figures.py [--checkpoint PATH] [--figures DIR] [--report DIR]
+    python -m analysis.make_figures [--checkpoint PATH] [--figures DIR] [--report DIR]
 
 Writes PNG + SVG figures to ``figures/`` (see :func:`topoprune.plotting.save_figures`)
 and the full report (tables, degree sequences, patterns) to ``--report`` (default: a

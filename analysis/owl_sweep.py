@@ -5,12 +5,12 @@ outlier ratios, with two settings that its authors tuned for LLaMA: the outlier 
 and the band half-width λ = 0.08 (block sparsities lie in [s - λ, s + λ]). ``bench_oneshot.py``
 uses those values. This sweep measures how much they matter here: Wanda at one sparsity, OWL
 over a λ grid at M = 5 and over an M grid at the best λ, with the uniform run (λ = 0) as the
-baseline. Same model, calibration windows and perplexity protocol as ``bench_oneshot.py`` (its
-helpers are reused), so the numbers line up with its table. Picking λ and M on the test
-perplexity is tuning on the test set: the sweep measures sensitivity, it is not a fair score
+baseline. Same model, calibration windows and perplexity protocol as ``bench_oneshot.py`` (the
+functions of ``topoprune.oneshot.calibration``), so the numbers line up with its table. Picking
+λ and M on the test perplexity is tuning on the test set: the sweep measures sensitivity, it is not a fair score
 for OWL.
 
-Run: ``make bench-owl`` (``.venv/bin/python analysis/owl_sweep.py --resume``; 9 runs, about
+Run: ``make bench-owl`` (``.venv/bin/python -m analysis.owl_sweep --resume``; 9 runs, about
 13 min on 2 CPU cores); writes ``analysis/results/owl_sweep.json`` and ``figures/owl_sweep.{png,svg}``.
 """
 from __future__ import annotations
@@ -22,9 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench_oneshot import ROOT, load_done, machine, write_results  # noqa: E402 (same folder)
-
-from analysis.figsave import save_figure  # noqa: E402 (ROOT is on the path)
+from analysis.figsave import save_figure  # noqa: E402
+from analysis.harness import ROOT, load_done, machine, save_results  # noqa: E402
 
 from topoprune.oneshot.calibration import perplexity, sample_windows, text_ids  # noqa: E402
 from topoprune.oneshot.prune import OneShotConfig, prune  # noqa: E402
@@ -110,7 +109,7 @@ def main():
         row = done.get(k) or run(dense, windows, test_ids, args, lam, m)
         rows.append(row)
         print(f"λ {lam:.2f}  M {m:g}: ppl {row['ppl']:.2f}  ({row['wall_seconds']:.0f} s)", flush=True)
-        write_results(out, {"settings": vars(args), "machine": machine(), "rows": rows})
+        save_results(out, {"settings": vars(args), "machine": machine(), "rows": rows})
 
     do(0.0, args.m_fixed)  # uniform
     for lam in (float(x) for x in args.lambdas.split(",")):

@@ -12,7 +12,7 @@ The measured commit is the ``"commit"`` a results file records
 wrote it (results are committed with the code that produced them, so this is the latest the
 measurement can be).
 
-Run: ``make stale`` (``.venv/bin/python analysis/stale.py``): one line per results file --
+Run: ``make stale`` (``.venv/bin/python -m analysis.stale``): one line per results file --
 current, or stale with the changed files; ``--strict`` exits 1 when any result is stale.
 """
 from __future__ import annotations
@@ -124,18 +124,8 @@ def _measured_names(tree: ast.Module) -> set[str] | None:
     return names or None
 
 
-def _script_code(source: str) -> str | None:
-    """The code of a benchmark script that its results depend on: the top-level definitions it
-    names as its measuring code (``code_fingerprint(..., measured=...)``, the same code ``--resume``
-    checks), so that edits of its tables, figures and help texts keep it current; the whole
-    script (:func:`_code`) where it names none, or names one it does not define at top level."""
-    try:
-        tree = _strip_docstrings(ast.parse(source))
-    except SyntaxError:
-        return None
-    names = _measured_names(tree)
-    if names is None:
-        return ast.dump(tree)
+def _definitions(tree: ast.Module, names: set[str]) -> dict[str, str]:
+    """The top-level definitions (functions, classes, assignments) of ``names`` in ``tree``, dumped."""
     found: dict[str, str] = {}
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -147,6 +137,36 @@ def _script_code(source: str) -> str | None:
             continue
         for name in set(defined) & names:
             found[name] = ast.dump(node)
+    return found
+
+
+def _script_code(source: str | None, read=None) -> str | None:
+    """The code of a benchmark script that its results depend on: the definitions it names as its
+    measuring code (``code_fingerprint(..., measured=...)``, the same code ``--resume`` checks), so
+    that edits of its tables, figures and help texts keep it current. A name the script imports
+    from a helper module (``from analysis.tasks import example_correct``) is looked up there, its
+    source given by ``read(path)`` (a repository-relative path; None where the file is missing).
+    The whole script (:func:`_code`) where it names none, or names one defined neither in it nor
+    in such a module; None where it is missing or does not parse."""
+    if source is None:
+        return None
+    try:
+        tree = _strip_docstrings(ast.parse(source))
+    except SyntaxError:
+        return None
+    names = _measured_names(tree)
+    if names is None:
+        return ast.dump(tree)
+    found = _definitions(tree, names)
+    for node in tree.body:  # measured names imported from the helper modules of analysis/
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("analysis.") and read:
+            wanted = {a.name for a in node.names if (a.asname or a.name) in names - set(found)}
+            helper = read(f"analysis/{node.module.split('.', 1)[1]}.py") if wanted else None
+            if helper is not None:
+                try:
+                    found.update(_definitions(_strip_docstrings(ast.parse(helper)), wanted))
+                except SyntaxError:
+                    pass
     if set(found) != names:
         return ast.dump(tree)
     return "\n".join(found[n] for n in sorted(names))
@@ -155,21 +175,31 @@ def _script_code(source: str) -> str | None:
 def changed_since(commit: str, paths: list[str], root: Path = ROOT, script: str | None = None) -> tuple[str, ...]:
     """Files under ``paths`` (relative to ``root``) whose code differs between ``commit`` and the
     working tree: added, removed, or changed in more than docstrings and comments. The benchmark
-    ``script`` among them counts as changed only where its measuring code did (:func:`_script_code`)."""
+    ``script`` among them counts as changed only where its measuring code did, wherever that code
+    lives (:func:`_script_code`)."""
+    def then(name: str) -> str | None:
+        try:
+            return _git(root, "show", f"{commit}:{name}")
+        except subprocess.CalledProcessError:  # added since
+            return None
+
+    def now(name: str) -> str | None:
+        return (root / name).read_text() if (root / name).is_file() else None
+
     diff = _git(root, "diff", "--name-only", commit, "--", *paths).splitlines()
     untracked = _git(root, "ls-files", "--others", "--exclude-standard", "--", *paths).splitlines()
     changed = set(untracked)
     for name in diff:
-        now = root / name
-        try:
-            before = _git(root, "show", f"{commit}:{name}")
-        except subprocess.CalledProcessError:  # added since
-            changed.add(name)
+        if name == script:
             continue
-        code = _script_code if name == script else _code
-        if not now.is_file() or not name.endswith(".py") or code(before) is None \
-                or code(before) != code(now.read_text()):
+        before, after = then(name), now(name)
+        if before is None or after is None or not name.endswith(".py") or _code(before) is None \
+                or _code(before) != _code(after):
             changed.add(name)
+    if script in paths:  # its measuring code may live in a helper module that changed on its own
+        before = _script_code(then(script), then)
+        if before is None or before != _script_code(now(script), now):
+            changed.add(script)
     return tuple(sorted(changed - {""}))
 
 

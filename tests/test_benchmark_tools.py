@@ -2,16 +2,14 @@
 import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from analysis.figsave import save_figure
+from analysis.fingerprint import code_fingerprint
 
-from analysis.figsave import save_figure  # noqa: E402
-from analysis.fingerprint import code_fingerprint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MEASURE = "def measure(x):\n    return x * {factor}\n"
 PLOT = "def plot(x):\n    return '{label}'\n"
@@ -88,7 +86,7 @@ def test_save_figure_keeps_the_old_figure_when_saving_fails(tmp_path):
 
 
 def test_paired_perplexity_change_of_the_separating_benchmark():
-    from analysis.bench_separate import paired_change
+    from analysis.paired import paired_change
 
     ref = [4.0, 5.0, 6.0, 5.5]
     change, se = paired_change([x + 0.1 for x in ref], ref)  # every block 0.1 nats worse
@@ -100,7 +98,7 @@ def test_paired_perplexity_change_of_the_separating_benchmark():
 
 
 def test_paired_accuracy_difference_of_the_separating_benchmark():
-    from analysis.bench_separate import paired_accuracy
+    from analysis.paired import paired_accuracy
 
     diff, se = paired_accuracy("1111", "1111")
     assert diff == 0.0 and se == 0.0
@@ -113,7 +111,7 @@ def test_paired_accuracy_difference_of_the_separating_benchmark():
 
 
 def test_paired_difference_over_seeds_pairs_each_seed_with_its_own_gmp_run():
-    from analysis.bench_separate import paired_accuracy, paired_over_seeds
+    from analysis.paired import paired_accuracy, paired_over_seeds
 
     def run(seed, correct):
         return {"seed": seed, "correct": correct}
@@ -129,7 +127,7 @@ def test_paired_difference_over_seeds_pairs_each_seed_with_its_own_gmp_run():
 
 
 def test_paired_difference_over_seeds_against_another_reference():
-    from analysis.bench_separate import paired_accuracy, paired_over_seeds
+    from analysis.paired import paired_accuracy, paired_over_seeds
 
     groups = {("l1", 0.5): [{"seed": 0, "correct": "1000"}], ("neuroprune", 0.5): [{"seed": 0, "correct": "1100"}]}
     mean, _, per_seed = paired_over_seeds(groups, "neuroprune", 0.5, "correct", paired_accuracy, reference="l1")
@@ -140,7 +138,7 @@ def test_paired_difference_over_seeds_against_another_reference():
 def test_bracketing_reaches_a_matched_sparsity_on_a_monotone_response():
     """next_alpha on a synthetic alpha -> sparsity curve (logit-linear with another slope, then a
     saturating one) lands within one point in a few tries, and stays inside a bracket once it has one."""
-    from analysis.bench_paper_compare import next_alpha
+    from analysis.bracketing import next_alpha
 
     curves = {"logit-linear": lambda a: 1 / (1 + (2e-5 / a) ** 2.7),
               "saturating": lambda a: 1 - math.exp(-a / 4e-5)}
@@ -223,6 +221,32 @@ def test_stale_counts_only_the_scripts_measuring_code(tmp_path):
     assert status(results, tmp_path, sources)[0].stale  # a name it does not define: the whole script counts
     script.write_text(body.format(f=2, label="another figure", names="").replace("measured=()", "").replace(", )", ")"))
     assert status(results, tmp_path, sources)[0].stale  # no measuring code named: the whole script counts
+
+
+def test_stale_follows_measuring_code_into_the_helper_module_it_is_imported_from(tmp_path):
+    from analysis.stale import status
+
+    git = _git_repo(tmp_path)
+    script, helper = tmp_path / "analysis" / "bench.py", tmp_path / "analysis" / "tasks.py"
+    script.write_text("def measure(x):\n    return x * 2\n\n"
+                      "def main():\n    return code_fingerprint('train', measured=(measure, example))\n")
+    script.write_text("from analysis.tasks import example\n\n" + script.read_text())
+    helper.write_text("def example(x):\n    return x + 1\n\ndef other():\n    return 0\n")
+    git("add", "-A")
+    git("commit", "-qm", "measuring code partly in a helper")
+    results = tmp_path / "analysis" / "results"
+    (results / "r.json").write_text(json.dumps({"commit": _head(tmp_path)}))
+    sources = {"r.json": ("bench.py", ("train",))}
+    helper.write_text("def example(x):\n    return x + 1\n\ndef other():\n    return 5\n")
+    assert not status(results, tmp_path, sources)[0].stale  # the helper's other code is not measured
+    helper.write_text("def example(x):\n    return x + 2\n\ndef other():\n    return 0\n")
+    assert status(results, tmp_path, sources)[0].changed == ("analysis/bench.py",)  # the script did not change
+    helper.write_text("def other():\n    return 0\n")
+    assert status(results, tmp_path, sources)[0].stale  # gone from the helper: the whole script counts
+    # moved into the script unchanged: the same measuring code
+    helper.write_text("def other():\n    return 0\n")
+    script.write_text("def example(x):\n    return x + 1\n\n" + script.read_text().split("\n\n", 1)[1])
+    assert not status(results, tmp_path, sources)[0].stale
 
 
 def _head(root):
@@ -314,6 +338,8 @@ def test_paper_compare_pools_a_seeds_penalised_tries_across_targets_but_not_gmp_
     rows = {(r["method"], r["target"]): r for r in bp.summary(res)}
     assert rows[("neuroprune", 0.9)]["matched"] == [False] and rows[("neuroprune", 0.7)]["matched"] == [True, True]
     assert ("neuroprune", 0.0) not in rows and "(unmatched)" in "".join(bp.table(res))
+    res["runs"]["f"] = stored_run("l1", 0.7, 0.69, seed=1, name="f")  # seed 1's neuroprune stands at 70 % only
+    assert bp.stands(res, "l1", 0.7, 1)["name"] == "f" and bp.stands(res, "l1", 0.5, 1) is None
 
 
 def test_kept_sample_gives_the_exact_overlap_on_a_small_model_and_a_close_one_on_a_large(tmp_path):
@@ -342,3 +368,25 @@ def test_kept_sample_gives_the_exact_overlap_on_a_small_model_and_a_close_one_on
     sampled = [bp.kept_sample(d, n=20_000) for d in (da, db)]
     assert sampled[0] != full[0] and abs(bp.kept_overlap(*sampled) - exact) < 0.02  # s.e. about 0.005
     assert bp.kept_overlap(sampled[0], full[1]) is None and bp.kept_overlap(None, full[1]) is None
+
+
+def test_analysis_scripts_share_helpers_and_never_import_each_other_or_edit_sys_path():
+    """A script (a module with a ``__main__`` block) imports only the helper modules of ``analysis/``,
+    always as ``analysis.<module>``, and leaves ``sys.path`` alone: scripts run as ``python -m``."""
+    import ast
+
+    modules = {p.stem: p for p in (ROOT / "analysis").glob("*.py")}
+    scripts = {name for name, p in modules.items() if '__name__ == "__main__"' in p.read_text()}
+    assert {"bench_paper_compare", "bench_analysis", "stale"} <= scripts and "harness" not in scripts
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", None) == "sys":
+                raise AssertionError(f"analysis/{name}.py uses sys.path")
+            if isinstance(node, ast.ImportFrom) and node.module:
+                top, _, rest = node.module.partition(".")
+                assert top not in modules, f"analysis/{name}.py imports {node.module} as a top-level module"
+                if top == "analysis":
+                    assert rest not in scripts, f"analysis/{name}.py imports the script {node.module}"
+                    assert all(not a.name.startswith("_") or a.name == "_logit" for a in node.names), \
+                        f"analysis/{name}.py imports a private name from {node.module}"

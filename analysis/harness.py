@@ -1,0 +1,88 @@
+"""What the benchmark scripts share: their results files and the record of the machine they ran on.
+
+A results file is JSON under ``analysis/results/``, rewritten whole after every run (written beside
+itself and swapped in, so an interrupted benchmark leaves the previous complete file), so that
+``--resume`` continues where a run stopped. Which stored results a script may keep is decided by its
+code fingerprint (:mod:`analysis.fingerprint`); figures are saved by :mod:`analysis.figsave`.
+Scripts are run from the repository root as modules (``python -m analysis.bench_compact``), so
+that they import these helpers, and the package, without editing ``sys.path``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "analysis" / "results"
+
+
+def load_results(path: Path) -> dict:
+    """The results stored at ``path``; an empty results record where there are none yet."""
+    return json.loads(path.read_text()) if path.is_file() else {"settings": {}, "runs": {}, "latency": {}}
+
+
+def save_results(path: Path, results: dict) -> None:
+    """Write ``results`` to ``path`` atomically (never half-written)."""
+    from topoprune.io import atomic_path  # not at import: a memory benchmark's child must import it itself
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(results, indent=1))
+
+
+def load_done(path: Path, resume: bool) -> list[dict]:
+    """Finished rows of an earlier run of a benchmark that stores a list of ``rows`` (only with ``--resume``; rows that failed are run again)."""
+    if not resume or not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"# cannot resume from {path} ({exc}); starting afresh", file=sys.stderr, flush=True)
+        return []
+    return [r for r in old.get("rows", []) if "key" in r and not r.get("error")]
+
+
+def offline_env() -> None:
+    """Keep Hugging Face libraries off the network (the benchmarks read only installed weights)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def machine() -> dict:
+    """The machine a benchmark ran on: CPUs (usable and present, and their model), memory, GPU,
+    torch threads, platform and the versions of the libraries measured (those installed)."""
+    import importlib
+
+    import torch
+
+    import topoprune
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    versions = {}
+    for name in ("numpy", "scipy", "networkx", "powerlaw", "igraph", "safetensors", "transformers"):
+        try:
+            versions[name] = getattr(importlib.import_module(name), "__version__", "?")
+        except ImportError:
+            versions[name] = None
+    return dict(nproc=nproc, cpu_count=os.cpu_count(), cpus=os.cpu_count(), cpu=cpu,
+                mem_total_gb=round(mem / 1e9, 1) if mem else None, gpu=bool(torch.cuda.is_available()),
+                torch_threads=torch.get_num_threads(), platform=platform.platform(), processor=platform.processor(),
+                python=platform.python_version(), torch=torch.__version__, **versions, topoprune=topoprune.__version__)
