@@ -14,7 +14,7 @@ Treebank train, drawn once with seed 0). Perplexity is measured on two texts, in
   can be chosen on it without looking at the test set.
 
 Grid: sparsity 50 / 60 / 70 % x {magnitude, Wanda} x {uniform, OWL, NeuroAL} x ``--settings``,
-plus the dense model. Settings (:data:`topoprune.oneshot.prune.SETTINGS`): ``topoprune`` (ours)
+plus the dense model. Settings (:data:`topoprune.oneshot.config.SETTINGS`): ``topoprune`` (ours)
 and ``authors``, NeuroAL as its authors' code runs it: the MLP output rows are credited with the
 next block's input (``down_rows="next_input"``), every pruner compares within rows in the λ search
 and the final pass (``group="row"``), no rebalancing after clipping. The authors' setting is run
@@ -62,7 +62,8 @@ import torch  # noqa: E402
 from analysis.figsave import save_figure  # noqa: E402
 from analysis.harness import load_done, machine, save_results  # noqa: E402
 from topoprune.oneshot.calibration import perplexity, sample_windows, text_ids  # noqa: E402
-from topoprune.oneshot.prune import SETTINGS, OneShotConfig, prune  # noqa: E402
+from topoprune.oneshot.config import SETTINGS, OneShotConfig  # noqa: E402
+from topoprune.oneshot.prune import prune  # noqa: E402
 from topoprune.models import load_causal_lm  # noqa: E402
 
 QUICK_DIR = Path(tempfile.gettempdir()) / "topoprune-bench-oneshot-quick"

@@ -26,7 +26,8 @@ from analysis.figsave import save_figure  # noqa: E402
 from analysis.harness import ROOT, load_done, machine, save_results  # noqa: E402
 
 from topoprune.oneshot.calibration import perplexity, sample_windows, text_ids  # noqa: E402
-from topoprune.oneshot.prune import OneShotConfig, prune  # noqa: E402
+from topoprune.oneshot.config import OneShotConfig  # noqa: E402
+from topoprune.oneshot.prune import prune  # noqa: E402
 from topoprune.models import load_causal_lm  # noqa: E402
 
 

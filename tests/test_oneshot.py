@@ -13,7 +13,8 @@ from topoprune.oneshot.calibration import (CalibrationError, InputStats, capture
                                    run_block, sample_windows, text_ids)
 from topoprune.errors import ConfigError, TensorError
 from topoprune.graph.masks import MaskSet
-from topoprune.oneshot.prune import BLOCK_OUTPUT, OneShotConfig, layer_mask, prune, row_drops
+from topoprune.oneshot.config import OneShotConfig
+from topoprune.oneshot.prune import BLOCK_OUTPUT, layer_mask, prune, row_drops
 
 FINAL_NORM = {"tiny-llama": "model.norm", "tiny-opt": "model.decoder.final_layer_norm",
               "tiny-gpt2": "transformer.ln_f"}

@@ -256,7 +256,7 @@ def test_setting_presets_exactly_the_three_knobs():
     import dataclasses
 
     from topoprune.errors import ConfigError
-    from topoprune.oneshot.prune import DEFAULT_SETTING, OneShotConfig
+    from topoprune.oneshot.config import DEFAULT_SETTING, OneShotConfig
 
     ours, authors = OneShotConfig.preset("topoprune"), OneShotConfig.preset("authors")
     assert DEFAULT_SETTING == "authors" and authors == OneShotConfig() == OneShotConfig.preset()

@@ -19,7 +19,7 @@ import click
 from .. import __version__
 from ..compaction.run import DTYPES
 from ..errors import ConfigError
-from ..oneshot.prune import ALLOCATIONS, NEUROAL_STEPS, PRUNERS, OneShotConfig
+from ..oneshot.config import ALLOCATIONS, NEUROAL_STEPS, PRUNERS, OneShotConfig
 from ..oneshot.run import EvalConfig
 from ..plotting.common import FigureConfig
 from ..train.config import (DEFAULT_FREQUENCY, HEAD_MODES, PAPER_PENALTIES, PENALTY_FORMS, TARGET_PENALTIES,

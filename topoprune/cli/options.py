@@ -162,7 +162,7 @@ def setting_options(f):
     The knobs default to ``None``: "as the setting says" (:meth:`OneShotConfig.preset`); given
     explicitly, they override the setting.
     """
-    from ..oneshot.prune import DEFAULT_SETTING, DOWN_ROWS, GQA_ROWS, GROUPS, SETTINGS, OneShotConfig
+    from ..oneshot.config import DEFAULT_SETTING, DOWN_ROWS, GQA_ROWS, GROUPS, SETTINGS, OneShotConfig
 
     def per_setting(name, show=str):
         return "[" + "; ".join(f"{k}: {show(v[name])}" for k, v in SETTINGS.items()) + "]"

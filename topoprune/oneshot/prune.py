@@ -25,8 +25,8 @@ credited to the producer's output rows): q/k/v <- o input; o <- MLP input (gate/
 gate/up/fc1 <- down/fc2 input; down/fc2 <- the next block's q/k/v input.
 
 Choices where the NeuroAL paper (arXiv 2411.07066) is silent or where we differ from its
-authors' code (each a parameter of :class:`OneShotConfig`; the values of the ``"topoprune"``
-setting):
+authors' code (each a parameter of :class:`~topoprune.oneshot.config.OneShotConfig`; the values of
+the ``"topoprune"`` setting):
 
 * ``gqa_rows="mean"``: with grouped-query attention, k/v rows get the drop averaged over the
   query heads sharing them (the original keeps the block ratio for Mistral's q/k/v);
@@ -44,10 +44,10 @@ setting):
   8 x 2048 tokens for the search and 128 x 2048 for the final pass; the CPU defaults here
   are 8 x 512 and 64 x 512).
 
-Named settings (:data:`SETTINGS`, :meth:`OneShotConfig.preset`): ``"topoprune"`` (the knobs
+Named settings (:data:`topoprune.oneshot.config.SETTINGS`, :meth:`OneShotConfig.preset`): ``"topoprune"`` (the knobs
 above) and ``"authors"``: ``down_rows="next_input"``, ``group="row"`` in the search and the final
 pass, no rebalancing (their code's other fallbacks are not part of it). The defaults are the
-setting with the lower held-out perplexity, :data:`DEFAULT_SETTING`.
+setting with the lower held-out perplexity, :data:`topoprune.oneshot.config.DEFAULT_SETTING`.
 """
 from __future__ import annotations
 
@@ -62,147 +62,17 @@ import torch
 from . import allocation as al
 from ..graph.binding import Linear, Stack, piece_mask
 from .calibration import Chunk, capture_inputs, find_blocks, run_block
-from ..errors import ConfigError, TensorError
+from .config import OneShotConfig
+from ..errors import TensorError
 from ..graph.bipartite import row_top_k_mask, top_k_mask
 from ..graph.masks import MaskSet
 
 log = logging.getLogger(__name__)
 
-#: Base pruners: the score that decides *what* is pruned.
-PRUNERS = ("magnitude", "wanda")
-#: Allocations: *how much* is pruned where.
-ALLOCATIONS = ("uniform", "owl", "neuroal")
-#: NeuroAL's steps, comparison groups, and the choices where the NeuroAL paper is silent.
-NEUROAL_STEPS = ("both", "block", "row")
-GROUPS = ("auto", "row", "layer")
-GQA_ROWS = ("mean", "block")
-DOWN_ROWS = ("block_output", "next_input")
-#: Named settings of the knobs where our NeuroAL differs from its authors' code (:meth:`OneShotConfig.preset`).
-SETTINGS = {"topoprune": {"down_rows": "block_output", "group": "auto", "rebalance": True},
-            "authors": {"down_rows": "next_input", "group": "row", "rebalance": False}}
-#: The setting of :class:`OneShotConfig`'s defaults, the one with the lower held-out perplexity:
-#: Wanda + NeuroAL on SmolLM2-135M, PTB validation, authors' / ours 103.5 / 102.4 at 50 %, 189.5 /
-#: 198.5 at 60 %, 563.5 / 561.7 at 70 %: 1.1 % lower in geometric mean (``analysis/bench_oneshot.py``).
-DEFAULT_SETTING = "authors"
 #: Key prefix of a block's output statistic drop in the ``diffs`` of a candidate evaluation.
 BLOCK_OUTPUT = "block-output:"
 _CONSUMER = {"q": ("o",), "k": ("o",), "v": ("o",), "o": ("mlp_gate", "mlp_in", "mlp_up"),
              "mlp_gate": ("mlp_out",), "mlp_up": ("mlp_out",), "mlp_in": ("mlp_out",)}
-
-
-@dataclass(frozen=True)
-class OneShotConfig:
-    """Settings of a one-shot pruning run.
-
-    Parameters
-    ----------
-    method : {"magnitude", "wanda"}
-        Base pruner's score.
-    sparsity : float
-        Target share of pruned weights over all block linear layers, in (0, 1).
-    allocation : {"uniform", "owl", "neuroal"}
-    neuroal_steps : {"both", "block", "row"}
-        NeuroAL steps ("both" is the paper's setting; "row" starts from uniform blocks).
-    group : {"auto", "row", "layer"}
-        Comparison group of uniform-per-layer masks ("auto": layer for magnitude, row for Wanda).
-    block_grid, row_grid : tuple of float, optional
-        λ grids (default: the paper's, :data:`topoprune.oneshot.allocation.BLOCK_GRID` / ``ROW_GRID``).
-    owl_m, owl_lambda : float
-        OWL's outlier threshold M (5) and band half-width λ (0.08).
-    clip : (float, float)
-        Bounds of every allocated sparsity (0.01, 0.99).
-    rebalance : bool
-        Shift clipped allocations back onto the target (exact global sparsity).
-    gqa_rows : {"mean", "block"}
-        Row step for k/v under grouped-query attention: head-averaged drop, or block ratio.
-    down_rows : {"block_output", "next_input"}
-        Drop credited to the rows of the MLP's output projection: measured on the block's
-        output (the residual features those rows write), or, as in the paper's code, at the next
-        block's first layer -- whose input is the same in the dense and the sparse run of that
-        block, so the drop is zero and the rows keep the block ratio.
-    calibration : str
-        ``ptb`` (Penn Treebank train) or a text file.
-    n_calibration, n_search, seq_len, seed, batch_size : int
-        Calibration windows for the final pass / the λ search, their length, sampling seed and
-        the number of windows per forward pass.
-    """
-
-    method: str = "wanda"
-    sparsity: float = 0.5
-    allocation: str = "neuroal"
-    neuroal_steps: str = "both"
-    group: str = SETTINGS[DEFAULT_SETTING]["group"]
-    block_grid: tuple[float, ...] | None = None
-    row_grid: tuple[float, ...] = al.ROW_GRID
-    owl_m: float = 5.0
-    owl_lambda: float = 0.08
-    clip: tuple[float, float] = (0.01, 0.99)
-    rebalance: bool = SETTINGS[DEFAULT_SETTING]["rebalance"]
-    gqa_rows: str = "mean"
-    down_rows: str = SETTINGS[DEFAULT_SETTING]["down_rows"]
-    calibration: str = "ptb"
-    n_calibration: int = 64
-    n_search: int = 8
-    seq_len: int = 512
-    seed: int = 0
-    batch_size: int = 8
-
-    def __post_init__(self):
-        al.check_sparsity(self.sparsity)
-        for name, value, allowed in (("method", self.method, PRUNERS), ("allocation", self.allocation, ALLOCATIONS),
-                                     ("neuroal_steps", self.neuroal_steps, NEUROAL_STEPS), ("group", self.group, GROUPS),
-                                     ("gqa_rows", self.gqa_rows, GQA_ROWS), ("down_rows", self.down_rows, DOWN_ROWS)):
-            if value not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        lo, hi = self.clip
-        if not 0.0 <= lo < hi <= 1.0 or not lo <= self.sparsity <= hi:
-            raise ConfigError(f"clip bounds must satisfy 0 <= lo < hi <= 1 and lo <= sparsity <= hi, got {self.clip}")
-        grids = [("row_grid", self.row_grid)] + ([("block_grid", self.block_grid)] if self.block_grid else [])
-        for name, grid in grids:
-            if not grid or any(not isinstance(v, (int, float)) or not 0 <= v < 1 for v in grid):
-                raise ConfigError(f"{name} must be non-empty values in [0, 1), got {grid!r}")
-        for name in ("n_calibration", "n_search", "seq_len", "batch_size"):
-            if getattr(self, name) < (2 if name == "seq_len" else 1):
-                raise ConfigError(f"{name} must be >= {2 if name == 'seq_len' else 1}, got {getattr(self, name)}")
-        if self.owl_m <= 0 or self.owl_lambda < 0:
-            raise ConfigError(f"owl_m must be > 0 and owl_lambda >= 0, got {self.owl_m}, {self.owl_lambda}")
-
-    @classmethod
-    def preset(cls, setting: str = DEFAULT_SETTING, **knobs) -> "OneShotConfig":
-        """A config with the knobs of the named ``setting``; explicit ``knobs`` (other than ``None``) win.
-
-        Parameters
-        ----------
-        setting : {"topoprune", "authors"}
-            ``"topoprune"``: ``down_rows="block_output"``, ``group="auto"``, ``rebalance=True``;
-            ``"authors"`` (:data:`DEFAULT_SETTING`, the defaults of this class): NeuroAL as its
-            authors' code runs it (``down_rows="next_input"``, ``group="row"``, ``rebalance=False``).
-        **knobs
-            Any other field of :class:`OneShotConfig`; ``None`` means "from the setting" (or the
-            field's default).
-
-        Raises
-        ------
-        ConfigError
-            An unknown setting, or a bad value of any field.
-        """
-        if setting not in SETTINGS:
-            raise ConfigError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
-        return cls(**{**SETTINGS[setting], **{k: v for k, v in knobs.items() if v is not None}})
-
-    @property
-    def setting(self) -> str:
-        """The name of the :data:`SETTINGS` entry these knobs match, else ``"custom"``."""
-        return next((name for name, knobs in SETTINGS.items()
-                     if all(getattr(self, k) == v for k, v in knobs.items())), "custom")
-
-    @property
-    def blocks_grid(self) -> tuple[float, ...]:
-        return tuple(self.block_grid) if self.block_grid else al.block_grid(self.sparsity)
-
-    @property
-    def comparison(self) -> str:
-        return ("layer" if self.method == "magnitude" else "row") if self.group == "auto" else self.group
 
 
 @dataclass

@@ -36,15 +36,14 @@ import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import ConfigError
 from ..models import BUILTIN, load_causal_lm
-from .prune import OneShotConfig, prune
+from .config import EvalConfig, OneShotConfig
+from .prune import prune
 
 log = logging.getLogger(__name__)
 
@@ -53,38 +52,6 @@ def _analysis_config(density: float | None, fits: bool, modularity: bool):
 
     graph = GraphConfig(mode="nonzero") if density is None else GraphConfig(density=density, mode="density")
     return AnalysisConfig(graph=graph, fits=fits, matrix_modularity=modularity, blocks_only=True)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How a one-shot run is evaluated and reported (the pruning itself is :class:`OneShotConfig`).
-
-    Parameters
-    ----------
-    eval_tokens : int or None
-        Penn Treebank test tokens for perplexity (``0``: the whole test set; ``None``: no
-        evaluation). The default keeps a CPU run to seconds on SmolLM2.
-    window, stride : int
-        Perplexity windows (see :func:`topoprune.oneshot.calibration.perplexity`; stride
-        ``None``: non-overlapping windows, the Wanda/SparseGPT protocol).
-    analyze, fits, modularity : bool
-        Topology reports of the dense and the pruned model (with power-law fits, with Leiden
-        modularity of every matrix: slow on a 135 M model, off by default).
-    """
-
-    eval_tokens: int | None = 16384
-    window: int = 512
-    stride: int | None = None
-    analyze: bool = True
-    fits: bool = True
-    modularity: bool = False
-
-    def __post_init__(self):
-        if self.eval_tokens is not None and self.eval_tokens < 0:
-            raise ConfigError(f"eval_tokens must be >= 0, got {self.eval_tokens}")
-        if self.eval_tokens is not None and (self.window < 2 or not 0 < (self.stride or self.window) <= self.window):
-            raise ConfigError(f"perplexity needs window >= 2 and 0 < stride <= window, got {self.window}, "
-                              f"{self.stride}")
 
 
 def run_oneshot(model: str, out, config: OneShotConfig, evaluation: EvalConfig | None = None, *,
