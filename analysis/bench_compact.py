@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from analysis.compaction_runs import TRAIN_KEYS, key, measure_all, train_one  # noqa: E402
 from analysis.figsave import save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
-from analysis.harness import load_results, save_results  # noqa: E402
+from analysis.harness import load_results, machine, save_results  # noqa: E402
 from topoprune.compaction import compact, load_compact  # noqa: E402
 from topoprune.graph.binding import Binding  # noqa: E402
 
@@ -95,8 +95,8 @@ def latency(args, results: dict) -> None:
     """Time the compacted MiniLM runs and the random-init models at the first of ``--threads``; the
     MiniLM runs again at each further thread count (``results["latency_threads"]``)."""
     threads = [int(t) for t in str(args.threads).split(",")]
-    results["machine"] = {"cpus": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
-                          "rounds": args.rounds, "repeats": args.repeats, "timing": "paired"}
+    results["machine"] = dict(machine(), torch_threads=threads, rounds=args.rounds, repeats=args.repeats,
+                              timing="paired")
     models = {}
     for name, run in results["runs"].items():
         path = Path(run["model"])

@@ -26,12 +26,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
-import torch  # noqa: E402
-
 from analysis.compaction_runs import TRAIN_KEYS, key, measure_all, throughput_speedup, train_one  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
-from analysis.harness import load_results, save_results  # noqa: E402
+from analysis.harness import load_results, machine, save_results  # noqa: E402
 from topoprune.compaction import load_compact  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_distill.json"
@@ -162,8 +160,7 @@ def main():
         order = ["dense"] + [n for n in results["runs"] if n != "dense"]  # the reference first
         models = {name: load_compact(Path(results["runs"][name]["model"])).eval() for name in order}
         results["latency"] = measure_all(models, args, args.threads)
-        results["machine"] = {"cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__,
-                              "rounds": args.rounds, "repeats": args.repeats}
+        results["machine"] = dict(machine(), torch_threads=args.threads, rounds=args.rounds, repeats=args.repeats)
         save_results(args.out, results)
     print("\n".join(table(results)))
     plot(results, "distill" if args.out == RESULTS else args.out.stem)

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import torch  # noqa: E402
 
 from analysis.fingerprint import code_fingerprint  # noqa: E402
+from analysis.harness import machine  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_gather.json"
@@ -155,7 +156,7 @@ def main():
         args.workdir.mkdir(parents=True, exist_ok=True)
         train_runs(args, results)
         results["timing"] = time_gather(args)
-        results["machine"] = {"cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__}
+        results["machine"] = dict(machine(), torch_threads=args.threads)
         save(args.out, results)
     print("\n".join(table(results)))
 

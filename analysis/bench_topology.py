@@ -31,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 from analysis.fingerprint import code_fingerprint  # noqa: E402
+from analysis.harness import machine  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_topology.json"
@@ -93,11 +94,10 @@ def main():
         return
     if not (args.resume and results.get("settings") == json.loads(json.dumps(settings))):
         results = {"settings": settings, "runs": {}}
-    import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    results["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    results["machine"] = machine()
     with tempfile.TemporaryDirectory(prefix="bench-topology-") as tmp:
         for model in args.models:
             runs = results["runs"].setdefault(model, {})

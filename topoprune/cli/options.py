@@ -100,7 +100,7 @@ def analysis_request(checkpoint, density, threshold, layers, roles, fits, modula
     if density is not None and threshold is not None:
         raise ConfigError(f"--density {density:g} and --threshold {threshold:g} contradict each other: "
                           "--density keeps a share of the entries, --threshold those with |w| >= it; give one")
-    graph = GraphConfig(density=0.1 if density is None else density, threshold=threshold)
+    graph = GraphConfig(threshold=threshold, **({} if density is None else {"density": density}))
     config = AnalysisConfig(graph=graph, modularity=ModularityConfig(seed=seed), fits=fits,
                             matrix_modularity=modularity, block_modularity=block_modularity,
                             model_modularity=model_graph,
