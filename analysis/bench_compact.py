@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from analysis.compaction_runs import TRAIN_KEYS, key, measure_all, train_one  # noqa: E402
 from analysis.figsave import save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
-from analysis.harness import load_results, machine, save_results  # noqa: E402
+from analysis.harness import fresh_option, kept, load_results, machine, save_results  # noqa: E402
 from topoprune.compaction import compact, load_compact  # noqa: E402
 from topoprune.graph.binding import Binding  # noqa: E402
 
@@ -275,6 +275,7 @@ def main():
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-compact")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--resume", action="store_true")
+    fresh_option(ap)
     ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args()
     results = load_results(args.out)
@@ -286,8 +287,8 @@ def main():
     settings["code"] = code_fingerprint("train", "graph", "compaction", "models.py",
                                         measured=(SETTINGS, TRAIN_KEYS, key, train_one))
     if args.phase in ("train", "all"):
-        if not (args.resume and results.get("settings") == settings):
-            results = {"settings": settings, "runs": {}, "latency": {}}
+        results = kept(results, results.get("settings") == settings, args,
+                       {"settings": settings, "runs": {}, "latency": {}}, args.out)
         args.workdir.mkdir(parents=True, exist_ok=True)
         for method, n, h in SETTINGS:
             name = key(method, n, h)

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from analysis.compaction_runs import TRAIN_KEYS, key, measure_all, throughput_speedup, train_one  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
-from analysis.harness import load_results, machine, save_results  # noqa: E402
+from analysis.harness import fresh_option, kept, load_results, machine, save_results  # noqa: E402
 from topoprune.compaction import load_compact  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_distill.json"
@@ -118,6 +118,7 @@ def main():
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-distill")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--resume", action="store_true")
+    fresh_option(ap)
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--widths", default=",".join(f"{n:g}:{h:.4f}" for _, n, h in WIDTHS),
                     help="NEURONS:HEADS shares, comma-separated")
@@ -137,8 +138,8 @@ def main():
                         code=code_fingerprint("train", "graph", "compaction", "models.py",
                                               measured=(train_one, key)))
         settings = json.loads(json.dumps(settings))  # as the results file holds it (lists, not tuples)
-        if not (args.resume and results.get("settings") == settings):
-            results = {"settings": settings, "runs": {}, "latency": {}}
+        results = kept(results, results.get("settings") == settings, args,
+                       {"settings": settings, "runs": {}, "latency": {}}, args.out)
         args.workdir.mkdir(parents=True, exist_ok=True)
         if args.dense is not None:
             rec = json.loads((args.dense / "topoprune.json").read_text())

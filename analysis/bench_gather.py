@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import torch  # noqa: E402
 
 from analysis.fingerprint import code_fingerprint  # noqa: E402
-from analysis.harness import machine  # noqa: E402
+from analysis.harness import fresh_option, kept, machine  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_gather.json"
@@ -146,13 +146,14 @@ def main():
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-gather")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--resume", action="store_true")
+    fresh_option(ap)
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if not args.table_only:
         code = code_fingerprint("train", "graph", "models.py")
-        if not (args.resume and results.get("code") == code and results.get("seed") == args.seed):
-            results = {"code": code, "seed": args.seed, "runs": {}}
+        results = kept(results, results.get("code") == code and results.get("seed") == args.seed, args,
+                       {"code": code, "seed": args.seed, "runs": {}}, args.out)
         args.workdir.mkdir(parents=True, exist_ok=True)
         train_runs(args, results)
         results["timing"] = time_gather(args)

@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
-from analysis.harness import load_results, save_results  # noqa: E402
+from analysis.harness import fresh_option, kept, load_results, save_results  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
 
@@ -165,6 +165,7 @@ def main():
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-head-distance")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--resume", action="store_true", help="keep the stored runs made by the same code")
+    fresh_option(ap)
     ap.add_argument("--quick", action="store_true", help="256 tweets, two betas, into a temporary directory")
     ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args()
@@ -179,8 +180,8 @@ def main():
     if not args.plot_only:
         fixed = {"task": args.task, "every": args.every,
                  "code": code_fingerprint("train", "graph", "models.py", measured=(THETAS, measure, run_one))}
-        if not (args.resume and {k: res.get("settings", {}).get(k) for k in fixed} == fixed):
-            res = {"settings": {}, "runs": {}}
+        res = kept(res, {k: res.get("settings", {}).get(k) for k in fixed} == fixed, args,
+                   {"settings": {}, "runs": {}}, args.out)
         res["settings"].update(fixed)
         res.update(provenance())
         args.workdir.mkdir(parents=True, exist_ok=True)

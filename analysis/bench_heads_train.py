@@ -31,7 +31,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
-from analysis.harness import load_results, save_results  # noqa: E402
+from analysis.harness import fresh_option, kept, load_results, save_results  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
 
@@ -126,6 +126,7 @@ def main():
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-heads-train")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--resume", action="store_true")
+    fresh_option(ap)
     ap.add_argument("--plot-only", action="store_true", help="table and figure from the results file")
     args = ap.parse_args()
     res = load_results(args.out)
@@ -136,8 +137,7 @@ def main():
         settings = {k: getattr(args, k) for k in ("epochs", "lr", "n_train", "n_eval", "seed")}
         settings["code"] = code_fingerprint("train", "graph", "compaction", "models.py",
                                             measured=(RUNS, train_run))
-        if not (args.resume and res.get("settings") == settings):
-            res = {"settings": settings, "runs": {}}
+        res = kept(res, res.get("settings") == settings, args, {"settings": settings, "runs": {}}, args.out)
         if (args.dense / "topoprune.json").is_file():
             rec = json.loads((args.dense / "topoprune.json").read_text())
             cfg = rec["config"]

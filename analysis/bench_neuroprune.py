@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from analysis.figsave import save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
+from analysis.harness import fresh_option, kept  # noqa: E402
 from analysis.kept_weights import mlp_connectivity  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 from topoprune.train.run import TrainConfig, train  # noqa: E402
@@ -64,6 +64,7 @@ def main():
     ap.add_argument("--methods", default="neuroprune,gmp,l1,random")
     ap.add_argument("--out", default=str(ROOT / "analysis" / "results" / "bench_neuroprune.json"))
     ap.add_argument("--resume", action="store_true", help="skip runs the results file holds with identical settings")
+    fresh_option(ap)
     ap.add_argument("--plot-only", action="store_true", help="redraw the figure from the results file")
     args = ap.parse_args()
     if args.plot_only:
@@ -74,15 +75,11 @@ def main():
     targets = [float(t) for t in args.targets.split(",")]
     out = Path(args.out)
     same = ("epochs", "lr", "n_train", "n_eval", "topology_every", "code")
-    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "out")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "fresh", "out")}
     settings["code"] = code_fingerprint("train", "graph", "models.py", measured=(run, mlp_connectivity))
-    done: dict = {}
-    if args.resume and out.is_file():
-        old = json.loads(out.read_text())
-        if all(old["settings"].get(k) == settings[k] for k in same):
-            done = {(r["method"], r["target"]): r for r in old["rows"]}
-        else:
-            print(f"# {out} holds other settings or code; starting afresh", file=sys.stderr, flush=True)
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    old = kept(old, all(old.get("settings", {}).get(k) == settings[k] for k in same), args, {}, out)
+    done = {(r["method"], r["target"]): r for r in old.get("rows", [])}
     plan = [("dense", None)] + [(m, t) for t in targets for m in args.methods.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="topoprune-bench-np-") as tmp:

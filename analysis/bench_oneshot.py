@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import torch  # noqa: E402
 
 from analysis.figsave import save_figure  # noqa: E402
-from analysis.harness import load_done, machine, save_results  # noqa: E402
+from analysis.harness import fresh_option, load_done, machine, save_results  # noqa: E402
 from topoprune.oneshot.calibration import perplexity, sample_windows, text_ids  # noqa: E402
 from topoprune.oneshot.config import SETTINGS, OneShotConfig  # noqa: E402
 from topoprune.oneshot.prune import prune  # noqa: E402
@@ -260,6 +260,7 @@ def main():
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: tiny-llama, 70 %% only, 4 x 64-token windows; output into a temp dir")
     ap.add_argument("--resume", action="store_true", help="skip runs the results file holds with identical settings")
+    fresh_option(ap)
     ap.add_argument("--fill-heldout", action="store_true",
                     help="with --resume: rerun the stored runs of the grid that lack the held-out perplexity")
     ap.add_argument("--model", default="smollm2")
@@ -315,7 +316,7 @@ def main():
           f" calibration {tuple(windows.shape)}; {os.cpu_count()} cpus, {torch.get_num_threads()} torch threads",
           flush=True)
 
-    done = {json.dumps(r["key"], sort_keys=True): r for r in load_done(out, args.resume)}
+    done = {json.dumps(r["key"], sort_keys=True): r for r in load_done(out, args)}
     plan = [(0.0, "dense", "dense", OURS)]
     for sparsity in sparsities:
         for method in methods:

@@ -46,7 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from analysis.bracketing import next_alpha  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
-from analysis.harness import ROOT, load_results, save_results  # noqa: E402
+from analysis.harness import ROOT, fresh_option, kept, load_results, save_results  # noqa: E402
 from analysis.kept_weights import kept_overlap, kept_sample, mlp_connectivity  # noqa: E402
 from analysis.paired import paired_accuracy, paired_over_seeds  # noqa: E402
 from analysis.tasks import SETTINGS, example_correct  # noqa: E402
@@ -325,6 +325,7 @@ def main():
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-paper")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--resume", action="store_true", help="keep the stored runs made by the same code")
+    fresh_option(ap)
     ap.add_argument("--quick", action="store_true", help="256 tweets, one target, into a temporary directory")
     ap.add_argument("--plot-only", action="store_true", help="print the table and redraw the figure")
     args = ap.parse_args()
@@ -345,8 +346,8 @@ def main():
                  "code": code_fingerprint("train", "graph", "models.py", measured=(
                      METHODS, QUICK, SETTINGS, FIRST_ALPHA, next_alpha, neuroprune_config, train_run,
                      example_correct, kept_sample, kept_overlap))}
-        if not (args.resume and {k: res.get("settings", {}).get(k) for k in fixed} == fixed):
-            res = {"settings": {}, "runs": {}, "overlap": {}}
+        res = kept(res, {k: res.get("settings", {}).get(k) for k in fixed} == fixed, args,
+                   {"settings": {}, "runs": {}, "overlap": {}}, args.out)
         res["settings"].update(fixed)
         res.update(provenance())
         res.setdefault("overlap", {})

@@ -36,8 +36,9 @@ matrices are the closest in size to a 70B model's. The fits see degree sequences
 whose length grows with the widths, not with the edges, so their part is a pessimistic estimate.
 
 Results: ``analysis/results/bench_scaling.json``, rewritten atomically after every run;
-``--resume`` keeps the runs made with the same code fingerprint (and ``--n-jobs``); without it, the
-part being run (the sizes, or the cluster comparison) is measured afresh and the other part kept. Figures:
+``--resume`` keeps the runs made with the same code fingerprint (and ``--n-jobs``); ``--fresh``
+measures the part being run (the sizes, or the cluster comparison) afresh and keeps the other part;
+without either, stored runs of that part are refused rather than replaced. Figures:
 ``figures/scaling.{png,svg}`` (``--plot-only`` redraws them). A markdown table is printed.
 """
 from __future__ import annotations
@@ -54,7 +55,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from analysis.harness import machine, offline_env  # noqa: E402
+from analysis.harness import fresh_option, machine, offline_env, refuse  # noqa: E402
 from analysis.llama_checkpoint import generate_llama, llama_tensors, rss_child  # noqa: E402
 from analysis.memory import GB, RSS_SLACK, run_rss_child  # noqa: E402
 
@@ -326,6 +327,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cluster-size", default="0.1", choices=list(SHAPES), help="checkpoint of the comparison")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each mode in the comparison")
     ap.add_argument("--resume", action="store_true", help="keep the runs made by the same code and settings")
+    fresh_option(ap)
     ap.add_argument("--plot-only", action="store_true", help="redraw the figures and print the table")
     ap.add_argument("--clean", action="store_true", help="delete the cached checkpoints and exit")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -351,9 +353,17 @@ def main(argv=None) -> int:
         settings = dict(density=DENSITY, dtype=DTYPE)
         code = code_fingerprint("graph", measured=(SHAPES, DENSITY, DTYPE, KINDS, checkpoint, measure, rss_child,
                                                    compare_cluster))
+        stored = bool(results.get("runs") or results.get("cluster"))
         if results.get("code") != code or results.get("settings") != settings:
+            if stored and not args.fresh:
+                refuse(f"{args.out}: its stored runs were made with other settings or code; pass --fresh to "
+                       "measure afresh (git keeps the old file)")
             results = dict(code=code, settings=settings, runs={}, checkpoints={})  # other code: nothing kept
         elif not args.resume:  # measure this part afresh, keep the other
+            part = results.get("cluster") if args.compare_cluster else results.get("runs")
+            if part and not args.fresh:
+                refuse(f"{args.out}: holds stored runs of this part; pass --resume to continue them or --fresh "
+                       "to measure it afresh")
             if args.compare_cluster:
                 results.pop("cluster", None)
             else:

@@ -43,7 +43,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
-from analysis.harness import load_results, save_results  # noqa: E402
+from analysis.harness import fresh_option, kept, load_results, save_results  # noqa: E402
 from analysis.kept_weights import mlp_connectivity  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
@@ -201,6 +201,7 @@ def main():
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-separate")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--resume", action="store_true", help="keep the stored runs made by the same code and settings")
+    fresh_option(ap)
     ap.add_argument("--plot-only", action="store_true", help="print the tables and redraw the figure")
     args = ap.parse_args()
     res = load_results(args.out)
@@ -226,8 +227,8 @@ def main():
                  "code": code_fingerprint("train", "graph", "models.py",
                                           measured=(SETTINGS, run_name, block_losses, example_correct,
                                                     train_run))}
-        if not (args.resume and {k: res.get("settings", {}).get(k) for k in fixed} == fixed):
-            res = {"settings": {}, "runs": {}}
+        res = kept(res, {k: res.get("settings", {}).get(k) for k in fixed} == fixed, args,
+                   {"settings": {}, "runs": {}}, args.out)
         used = {s for s, *_ in plan}
         res["settings"].update(fixed, settings=sorted(set(res["settings"].get("settings", [])) | used,
                                                       key=list(SETTINGS).index))

@@ -48,7 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from analysis.bracketing import _logit, next_alpha  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
-from analysis.harness import ROOT, load_results, save_results  # noqa: E402
+from analysis.harness import ROOT, fresh_option, kept, load_results, save_results  # noqa: E402
 from analysis.kept_weights import mlp_connectivity  # noqa: E402
 from analysis.paired import paired_accuracy  # noqa: E402
 from analysis.tasks import example_correct  # noqa: E402
@@ -290,6 +290,7 @@ def main():
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-time")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--resume", action="store_true", help="keep the stored runs made by the same code and settings")
+    fresh_option(ap)
     ap.add_argument("--quick", action="store_true", help="128 tweets, 50 %%, one and two epochs, into a temporary directory")
     ap.add_argument("--plot-only", action="store_true", help="print the tables and redraw the figure")
     args = ap.parse_args()
@@ -314,8 +315,8 @@ def main():
                  "code": code_fingerprint("train", "graph", "models.py", measured=(
                      TASK, QUICK, IMP_RATE, ALPHA_50_189, imp_rounds, first_alpha, next_alpha, neuroprune_config,
                      train_run, example_correct))}
-        if not (args.resume and {k: res.get("settings", {}).get(k) for k in fixed} == fixed):
-            res = {"settings": {}, "runs": {}}
+        res = kept(res, {k: res.get("settings", {}).get(k) for k in fixed} == fixed, args,
+                   {"settings": {}, "runs": {}}, args.out)
         res["settings"].update(fixed)
         res.update(provenance())
         args.workdir.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 from analysis.fingerprint import code_fingerprint  # noqa: E402
-from analysis.harness import machine  # noqa: E402
+from analysis.harness import fresh_option, kept, machine  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_topology.json"
@@ -84,6 +84,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=2, help="runs of each mode (interleaved)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--resume", action="store_true")
+    fresh_option(ap)
     ap.add_argument("--plot-only", action="store_true", help="print the table from the results file")
     args = ap.parse_args()
     settings = {"every": args.every, "models": MODELS, "cpus": os.cpu_count(),
@@ -92,8 +93,8 @@ def main():
     if args.plot_only:
         print("\n".join(summarize(results)))
         return
-    if not (args.resume and results.get("settings") == json.loads(json.dumps(settings))):
-        results = {"settings": settings, "runs": {}}
+    results = kept(results, results.get("settings") == json.loads(json.dumps(settings)), args,
+                   {"settings": settings, "runs": {}}, args.out)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -34,7 +34,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
-from analysis.harness import load_results, save_results  # noqa: E402
+from analysis.harness import fresh_option, kept, load_results, save_results  # noqa: E402
 from analysis.kept_weights import mlp_connectivity  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
@@ -147,6 +147,7 @@ def main():
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "frontier")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--resume", action="store_true")
+    fresh_option(ap)
     ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args()
     res = load_results(args.out)
@@ -157,8 +158,8 @@ def main():
         settings = {"n_eval": args.n_eval, "seed": args.seed,
                     "code": code_fingerprint("train", "graph", "models.py", measured=(train_run, plan))}
         old = res.get("settings", {})
-        if not (args.resume and all(old.get(k) == v for k, v in settings.items())):
-            res = {"settings": settings, "runs": {}}
+        res = kept(res, all(old.get(k) == v for k, v in settings.items()), args, {"settings": settings, "runs": {}},
+                   args.out)
         res["settings"] = {**settings, "alphas": sorted(set(old.get("alphas", [])) | set(args.alphas)),
                            "baselines": sorted(set(old.get("baselines", [])) | set(args.baselines))}
         args.workdir.mkdir(parents=True, exist_ok=True)

@@ -32,16 +32,50 @@ def save_results(path: Path, results: dict) -> None:
         tmp.write_text(json.dumps(results, indent=1))
 
 
-def load_done(path: Path, resume: bool) -> list[dict]:
-    """Finished rows of an earlier run of a benchmark that stores a list of ``rows`` (only with ``--resume``; rows that failed are run again)."""
-    if not resume or not path.is_file():
+def fresh_option(parser) -> None:
+    """Add ``--fresh`` to a benchmark's ``parser``: the one way to drop the runs its results file holds."""
+    parser.add_argument("--fresh", action="store_true",
+                        help="drop the runs the results file holds and measure afresh (git keeps the old file)")
+
+
+def kept(stored: dict, same: bool, args, empty: dict, path: Path) -> dict:
+    """The results a benchmark run continues: ``stored``, or ``empty`` -- never stored runs dropped unasked.
+
+    With ``--resume`` the stored results are continued where they were made with the same
+    settings and code (``same``). ``--fresh`` starts from ``empty``. Without either, or with
+    ``--resume`` against runs of other settings or code, a file that holds runs is refused with one
+    line naming it and exit code 2, rather than overwritten by the first new run.
+    """
+    n = len(stored.get("runs") or stored.get("rows") or {})
+    if getattr(args, "fresh", False) or n == 0:
+        return empty
+    if args.resume and same:
+        return stored
+    if args.resume:
+        refuse(f"{path}: its {n} stored runs were made with other settings or code; pass --fresh to measure "
+               "afresh (git keeps the old file)")
+    refuse(f"{path}: holds {n} stored runs; pass --resume to continue them or --fresh to measure afresh")
+
+
+def refuse(message: str) -> None:
+    """End a benchmark on a user's mistake: ``error: message`` on one line, exit code 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def load_done(path: Path, args) -> list[dict]:
+    """Finished rows of an earlier run of a benchmark that stores a list of ``rows`` (with ``--resume``;
+    rows that failed are run again). A file that holds rows is refused without ``--resume`` or
+    ``--fresh`` (:func:`kept`)."""
+    if getattr(args, "fresh", False) or not path.is_file():
         return []
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         print(f"# cannot resume from {path} ({exc}); starting afresh", file=sys.stderr, flush=True)
         return []
-    return [r for r in old.get("rows", []) if "key" in r and not r.get("error")]
+    kept(old, True, args, {}, path)
+    return [r for r in old.get("rows", []) if "key" in r and not r.get("error")] if args.resume else []
 
 
 def offline_env() -> None:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from analysis.figsave import save_figure  # noqa: E402
-from analysis.harness import ROOT, load_done, machine, save_results  # noqa: E402
+from analysis.harness import ROOT, fresh_option, load_done, machine, save_results  # noqa: E402
 
 from topoprune.oneshot.calibration import perplexity, sample_windows, text_ids  # noqa: E402
 from topoprune.oneshot.config import OneShotConfig  # noqa: E402
@@ -94,11 +94,12 @@ def main():
     ap.add_argument("--eval-tokens", type=int, default=16384)
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--resume", action="store_true", help="skip runs the results file holds with identical settings")
+    fresh_option(ap)
     ap.add_argument("--figures", default=str(ROOT / "figures"), help="figure directory")
     ap.add_argument("--out", default=str(ROOT / "analysis" / "results" / "owl_sweep.json"))
     args = ap.parse_args()
     out = Path(args.out)
-    done = {json.dumps(r["key"], sort_keys=True): r for r in load_done(out, args.resume)}
+    done = {json.dumps(r["key"], sort_keys=True): r for r in load_done(out, args)}
     dense, tok, _ = load_causal_lm(args.model, seed=0)
     dense.eval()
     windows = sample_windows(text_ids(tok, "ptb", "train"), args.n_calibration, args.seq_len, seed=0)

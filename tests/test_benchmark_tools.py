@@ -390,3 +390,39 @@ def test_analysis_scripts_share_helpers_and_never_import_each_other_or_edit_sys_
                     assert rest not in scripts, f"analysis/{name}.py imports the script {node.module}"
                     assert all(not a.name.startswith("_") or a.name == "_logit" for a in node.names), \
                         f"analysis/{name}.py imports a private name from {node.module}"
+
+
+def test_kept_continues_matching_runs_and_never_drops_stored_runs_unasked(tmp_path, capsys):
+    from argparse import Namespace
+
+    from analysis.harness import kept
+
+    stored, empty, path = {"settings": {"a": 1}, "runs": {"r": {}}}, {"settings": {}, "runs": {}}, tmp_path / "r.json"
+    assert kept(stored, True, Namespace(resume=True, fresh=False), empty, path) is stored
+    assert kept(stored, True, Namespace(resume=True, fresh=True), empty, path) is empty
+    assert kept({"runs": {}}, False, Namespace(resume=False, fresh=False), empty, path) is empty  # nothing to lose
+    for resume, flag in ((True, "--fresh"), (False, "--resume")):
+        with pytest.raises(SystemExit) as exc:
+            kept(stored, False, Namespace(resume=resume, fresh=False), empty, path)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1 and str(path) in err and flag in err
+    from analysis.harness import load_done
+
+    path.write_text(json.dumps({"rows": [{"key": {"m": 1}}, {"key": {"m": 2}, "error": "x"}]}))
+    assert load_done(path, Namespace(resume=True, fresh=False)) == [{"key": {"m": 1}}]  # failed rows run again
+    assert load_done(path, Namespace(resume=False, fresh=True)) == []
+    with pytest.raises(SystemExit):
+        load_done(path, Namespace(resume=False, fresh=False))
+
+
+def test_a_benchmark_refuses_to_overwrite_stored_runs_without_resume_or_fresh(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps({"settings": {}, "runs": {"beta0-s0": {"beta": 0.0}}}))
+    before = out.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "analysis.bench_head_distance", "--out", str(out),
+                           "--workdir", str(tmp_path / "w")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "--resume" in proc.stderr and "--fresh" in proc.stderr and out.read_bytes() == before
