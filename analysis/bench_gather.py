@@ -33,8 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import torch  # noqa: E402
 
 from analysis.fingerprint import code_fingerprint  # noqa: E402
-from analysis.harness import fresh_option, kept, machine  # noqa: E402
-from topoprune.io import atomic_path  # noqa: E402
+from analysis.harness import fresh_option, kept, machine, save_results  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_gather.json"
 #: Paper-mode penalty weights (alpha, beta) of the runs whose dead columns are counted.
@@ -78,7 +77,7 @@ def train_runs(args, results: dict) -> None:
                "accuracy": rec["metrics"]["eval_accuracy"], **dead_columns(out, npc_used["eps"])}
         results["runs"][name] = row
         print(json.dumps({"run": name, **row}), flush=True)
-        save(args.out, results)
+        save_results(args.out, results)
 
 
 def time_gather(args) -> list[dict]:
@@ -118,11 +117,6 @@ def time_gather(args) -> list[dict]:
     return rows
 
 
-def save(path: Path, results: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(results, indent=1))
-
-
 def table(results: dict) -> list[str]:
     lines = ["| run (alpha, beta) | accuracy | dead entries of cat(Q,K,V), per layer | whole dead input "
              "columns, per layer |", "|---|---|---|---|"]
@@ -158,7 +152,7 @@ def main():
         train_runs(args, results)
         results["timing"] = time_gather(args)
         results["machine"] = dict(machine(), torch_threads=args.threads)
-        save(args.out, results)
+        save_results(args.out, results)
     print("\n".join(table(results)))
 
 

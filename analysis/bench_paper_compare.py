@@ -43,7 +43,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from analysis.bracketing import next_alpha  # noqa: E402
+from analysis.bracketing import next_alpha, pooled  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
 from analysis.harness import ROOT, fresh_option, kept, load_results, save_results  # noqa: E402
@@ -114,14 +114,9 @@ def train_run(name: str, npc: dict, seed: int, config: dict, workdir: Path) -> d
 
 
 def candidates(res: dict, method: str, target: float, seed: int) -> list[dict]:
-    """The runs that can stand for ``method`` at ``target`` and ``seed``.
-
-    A penalised run's sparsity is an outcome of its alpha, not of the target it was bracketed
-    for, so every run of a penalised method and seed counts for every target: a try made while
-    bracketing 50 % is a point of the same alpha-to-sparsity curve as one made for 70 %.
-    """
-    return [r for r in res["runs"].values() if r["method"] == method and r["seed"] == seed
-            and (method in PENALISED or r["target"] == target)]
+    """The runs that can stand for ``method`` at ``target`` and ``seed``: every run of a penalised
+    method and seed, whatever target it was bracketed for (:func:`analysis.bracketing.pooled`)."""
+    return pooled(res["runs"].values(), method, target, method in PENALISED, seed=seed)
 
 
 def chosen(res: dict, method: str, target: float, seed: int) -> dict | None:

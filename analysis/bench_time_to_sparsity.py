@@ -45,7 +45,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from analysis.bracketing import _logit, next_alpha  # noqa: E402
+from analysis.bracketing import _logit, next_alpha, pooled  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
 from analysis.harness import ROOT, fresh_option, kept, load_results, save_results  # noqa: E402
@@ -125,14 +125,9 @@ def train_run(name: str, npc: dict, epochs: int, task: dict, workdir: Path) -> d
 
 
 def runs_of(res: dict, method: str, target: float, epochs: int) -> list[dict]:
-    """The runs that can stand for ``method`` at ``target`` and ``epochs``.
-
-    A ``neuroprune`` run's sparsity is an outcome of its alpha, not of the target it was
-    bracketed for, so every ``neuroprune`` run of the budget counts for every target: a try made
-    while bracketing 70 % is a point of the same alpha-to-sparsity curve as one made for 90 %.
-    """
-    return [r for r in res["runs"].values() if r["method"] == method and r["epochs"] == epochs
-            and (method == "neuroprune" or r["target"] == target)]
+    """The runs that can stand for ``method`` at ``target`` and ``epochs``: every ``neuroprune`` run
+    of the budget, whatever target it was bracketed for (:func:`analysis.bracketing.pooled`)."""
+    return pooled(res["runs"].values(), method, target, method == "neuroprune", epochs=epochs)
 
 
 def chosen(res: dict, method: str, target: float, epochs: int) -> dict | None:

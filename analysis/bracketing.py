@@ -45,3 +45,15 @@ def next_alpha(tries: list[tuple[float, float]], target: float, first: float, sl
         if lo < hi and not lo < alpha < hi:
             alpha = math.sqrt(lo * hi)
     return float(f"{alpha:.4g}")
+
+
+def pooled(runs, method: str, target: float, penalised: bool, **group) -> list[dict]:
+    """The stored ``runs`` that can stand for ``method`` at ``target`` within ``group``.
+
+    A penalised run's sparsity is an outcome of its alpha, not of the target it was bracketed
+    for, so every run of a penalised method in the group (a seed, a budget: ``seed=0``,
+    ``epochs=3``) counts for every target -- a try made while bracketing 50 % is a point of the same
+    alpha-to-sparsity curve as one made for 70 %. A target-mode run stands for its own target only.
+    """
+    return [r for r in runs if r["method"] == method and all(r[k] == v for k, v in group.items())
+            and (penalised or r["target"] == target)]
