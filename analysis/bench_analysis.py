@@ -44,7 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from analysis.harness import machine, offline_env  # noqa: E402
+from analysis.harness import machine, markdown_table, offline_env  # noqa: E402
 from analysis.llama_checkpoint import LLAMA, generate_llama, rss_child, set_header_length, sniff_shards  # noqa: E402
 from analysis.memory import GB, RSS_SLACK, CpuMeter, run_rss_child  # noqa: E402
 
@@ -226,17 +226,16 @@ def memory_rows(rss: dict) -> list[tuple]:
 
 
 def memory_table(rss: dict) -> str:
-    head = (f"| {rss['total_bytes'] / GB:.2f} GB checkpoint | n_jobs | main process | largest worker | ≤ 3 × "
-            f"{rss['largest_analysed_bytes'] / 1e6:.1f} MB + 0.6 GB = {rss['target_bytes'] / GB:.2f} GB |")
-    rows = ["| " + " | ".join(map(str, r)) + " |" for r in memory_rows(rss)]
-    return "\n".join([head, "|---|---|---|---|---|", *rows])
+    return "\n".join(markdown_table(
+        [f"{rss['total_bytes'] / GB:.2f} GB checkpoint", "n_jobs", "main process", "largest worker",
+         f"≤ 3 × {rss['largest_analysed_bytes'] / 1e6:.1f} MB + 0.6 GB = {rss['target_bytes'] / GB:.2f} GB"],
+        memory_rows(rss)))
 
 
-def markdown_table(rows) -> str:
+def measurements_table(rows) -> str:
     """The measurements as a markdown table (the first two fields of each row)."""
-    lines = ["| Measurement | Measured |", "|---|---|"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row[:2]) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(markdown_table(["Measurement", "Measured"],
+                                     [[str(c).replace("|", "\\|") for c in row[:2]] for row in rows]))
 
 
 def _jsonable(obj):
@@ -319,7 +318,7 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(_jsonable(res), indent=2) + "\n")
     print()
-    print(markdown_table(rows))
+    print(measurements_table(rows))
     print(f"\nn_jobs=-1 and n_jobs=1 give identical tables: {res['njobs_results_identical']}")
     busy = {k: round(v["foreign_cpus"], 2) for k, v in res["topoprune"].items()}
     if "networkx" in res:
@@ -342,7 +341,7 @@ def memory_main(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_jsonable(res), indent=2) + "\n")
     print("\n" + memory_table(res["rss"]))
-    print(f"\n{markdown_table(make_rows(res))}\nresults in {out}")
+    print(f"\n{measurements_table(make_rows(res))}\nresults in {out}")
     return 0
 
 

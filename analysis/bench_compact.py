@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from analysis.compaction_runs import TRAIN_KEYS, key, measure_all, train_one  # noqa: E402
 from analysis.figsave import save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
-from analysis.harness import fresh_option, kept, load_results, machine, save_results  # noqa: E402
+from analysis.harness import fresh_option, kept, load_results, machine, markdown_table, save_results  # noqa: E402
 from topoprune.compaction import compact, load_compact  # noqa: E402
 from topoprune.graph.binding import Binding  # noqa: E402
 
@@ -162,10 +162,7 @@ def widths_rows(results: dict) -> list[dict]:
 def table(results: dict) -> list[str]:
     lat = results.get("latency", {})
     n_eval = results.get("settings", {}).get("n_eval", 2000)
-    lines = ["| MLP neurons removed | heads removed | parameters | file MiB | accuracy NeuroPrune | accuracy GMP | "
-             "batch-1 ms (64) | batch-1 ms (128) | batch-32 seq/s (128) | speed-up (128) | ideal | share of ideal |",
-             "|---" * 12 + "|"]
-    rows = widths_rows(results)
+    rows, widths = widths_rows(results), []
     dense = rows[0] if rows and rows[0]["neurons"] == 0 and rows[0]["heads"] == 0 else None
 
     def speed(row, base):
@@ -185,14 +182,15 @@ def table(results: dict) -> list[str]:
         cells += [f"{row[64]['latency_ms']:.1f}", f"{row[128]['latency_ms']:.1f}", f"{row[128]['throughput']:.0f}"] \
             if row.get(128) else ["-"] * 3
         cells += speed(row, dense)
-        lines.append("| " + " | ".join(cells) + " |")
+        widths.append(cells)
+    lines = markdown_table(["MLP neurons removed", "heads removed", "parameters", "file MiB", "accuracy NeuroPrune",
+                            "accuracy GMP", "batch-1 ms (64)", "batch-1 ms (128)", "batch-32 seq/s (128)",
+                            "speed-up (128)", "ideal", "share of ideal"], widths)
     extra = sorted({t for r in rows for t in r["threads"]})
     main = results.get("machine", {}).get("torch_threads", ["?"])
     main = main[0] if isinstance(main, list) else main
     if extra and dense:
-        lines += ["", f"| MLP neurons removed | heads removed | ideal | speed-up, {main} threads | share of ideal | "
-                  + " | ".join(f"speed-up, {t} thread{'s' * (t != '1')} | share of ideal" for t in extra) + " |",
-                  "|---" * (5 + 2 * len(extra)) + "|"]
+        threads = []
         for row in rows[1:]:
             cells = [f"{row['neurons']:.0%}", f"{row['heads']:.0%}"]
             if row.get(128):
@@ -201,17 +199,22 @@ def table(results: dict) -> list[str]:
                 for t in extra:
                     r_t = {128: row["threads"].get(t)}
                     cells += speed(r_t, {128: dense["threads"].get(t)})[::2] if r_t[128] else ["-", "-"]
-                lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| random-init model | MLP neurons removed | heads removed | batch-1 ms (64) | batch-1 ms (128) | "
-              "batch-32 seq/s (128) | speed-up (128) | ideal | share of ideal |", "|---" * 9 + "|"]
+                threads.append(cells)
+        lines += ["", *markdown_table(["MLP neurons removed", "heads removed", "ideal", f"speed-up, {main} threads",
+                                       "share of ideal"] + [c for t in extra for c in (
+                                           f"speed-up, {t} thread{'s' * (t != '1')}", "share of ideal")], threads)]
+    synthetic_rows = []
     for kind in ("bert-base", "llama-gqa"):
         base = {128: pooled(lat, [f"{kind}/{key('widths', 0.0, 0.0)}"], 128)}
         for _, n, h in [s for s in SETTINGS if s[0] in ("dense", "gmp")]:
             row = {seq: pooled(lat, [f"{kind}/{key('widths', n, h)}"], seq) for seq in (64, 128)}
             if row[128]:
-                lines.append(f"| {kind} | {n:.0%} | {h:.0%} | {row[64]['latency_ms']:.1f} | {row[128]['latency_ms']:.1f}"
-                             f" | {row[128]['throughput']:.1f} | " + " | ".join(speed(row, base)) + " |")
-    return lines
+                synthetic_rows.append([kind, f"{n:.0%}", f"{h:.0%}", f"{row[64]['latency_ms']:.1f}",
+                                       f"{row[128]['latency_ms']:.1f}", f"{row[128]['throughput']:.1f}",
+                                       *speed(row, base)])
+    return lines + ["", *markdown_table(["random-init model", "MLP neurons removed", "heads removed", "batch-1 ms (64)",
+                                         "batch-1 ms (128)", "batch-32 seq/s (128)", "speed-up (128)", "ideal",
+                                         "share of ideal"], synthetic_rows)]
 
 
 def plot(results: dict) -> None:

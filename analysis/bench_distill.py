@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from analysis.compaction_runs import TRAIN_KEYS, key, measure_all, throughput_speedup, train_one  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
-from analysis.harness import fresh_option, kept, load_results, machine, save_results  # noqa: E402
+from analysis.harness import fresh_option, kept, load_results, machine, markdown_table, save_results  # noqa: E402
 from topoprune.compaction import load_compact  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_distill.json"
@@ -59,9 +59,7 @@ def table(results: dict) -> list[str]:
         return ["(no results yet)"]
     n = results["settings"]["n_eval"]
     base = {seq: lat.get("dense", {}).get(str(seq)) for seq in (64, 128)}
-    lines = [f"dense MiniLM: accuracy {dense['accuracy']:.3f} on {n} test tweets", "",
-             "| neurons removed | heads removed | training | accuracy | change (± s.e.) | throughput speed-up, "
-             "batch 32, seq 64 / 128 |", "|---|---|---|---|---|---|"]
+    rows = []
     for method, nn, h in widths(results):
         for variant in variants(results):
             name = f"{key(method, nn, h)}-{variant}"
@@ -71,10 +69,12 @@ def table(results: dict) -> list[str]:
             d = r["accuracy"] - dense["accuracy"]
             speed = [throughput_speedup(lat[name][str(seq)], base[seq])
                      for seq in (64, 128) if name in lat and base[seq]]
-            lines.append(f"| {nn:.0%} | {round(h * 12)} of 12 | {variant} | {r['accuracy']:.3f} | "
-                         f"{100 * d:+.1f} ± {100 * se_diff(r['accuracy'], dense['accuracy'], n):.1f} | "
-                         + (" / ".join(f"{s:.2f}×" for s in speed) or "–") + " |")
-    return lines
+            rows.append([f"{nn:.0%}", f"{round(h * 12)} of 12", variant, f"{r['accuracy']:.3f}",
+                         f"{100 * d:+.1f} ± {100 * se_diff(r['accuracy'], dense['accuracy'], n):.1f}",
+                         " / ".join(f"{s:.2f}×" for s in speed) or "–"])
+    return [f"dense MiniLM: accuracy {dense['accuracy']:.3f} on {n} test tweets", "", *markdown_table(
+        ["neurons removed", "heads removed", "training", "accuracy", "change (± s.e.)",
+         "throughput speed-up, batch 32, seq 64 / 128"], rows)]
 
 
 def plot(results: dict, stem: str = "distill") -> None:

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import torch  # noqa: E402
 
 from analysis.fingerprint import code_fingerprint  # noqa: E402
-from analysis.harness import fresh_option, kept, machine, save_results  # noqa: E402
+from analysis.harness import fresh_option, kept, machine, markdown_table, save_results  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_gather.json"
 #: Paper-mode penalty weights (alpha, beta) of the runs whose dead columns are counted.
@@ -118,18 +118,15 @@ def time_gather(args) -> list[dict]:
 
 
 def table(results: dict) -> list[str]:
-    lines = ["| run (alpha, beta) | accuracy | dead entries of cat(Q,K,V), per layer | whole dead input "
-             "columns, per layer |", "|---|---|---|---|"]
-    for name, r in results.get("runs", {}).items():
-        lines.append(f"| {name} ({r['alpha']:g}, {r['beta']:g}) | {r['accuracy']:.3f} | "
-                     + " ".join(f"{e:.0%}" for e in r["entries"]) + " | "
-                     + " ".join(str(c) for c in r["columns"]) + f" of {r['width']} |")
-    lines += ["", "| batch x tokens | dead columns | dense Q,K,V | gathered | speed-up | ideal |",
-              "|---|---|---|---|---|---|"]
-    for r in results.get("timing", []):
-        lines.append(f"| {r['batch']} x {r['tokens']} | {r['dead_share']:.0%} | {r['dense_ms']:.3f} ms | "
-                     f"{r['gathered_ms']:.3f} ms | {r['speedup']:.2f}× | {r['ideal']:.2f}× |")
-    return lines
+    runs = [[f"{name} ({r['alpha']:g}, {r['beta']:g})", f"{r['accuracy']:.3f}",
+             " ".join(f"{e:.0%}" for e in r["entries"]), " ".join(str(c) for c in r["columns"]) + f" of {r['width']}"]
+            for name, r in results.get("runs", {}).items()]
+    timing = [[f"{r['batch']} x {r['tokens']}", f"{r['dead_share']:.0%}", f"{r['dense_ms']:.3f} ms",
+               f"{r['gathered_ms']:.3f} ms", f"{r['speedup']:.2f}×", f"{r['ideal']:.2f}×"]
+              for r in results.get("timing", [])]
+    return [*markdown_table(["run (alpha, beta)", "accuracy", "dead entries of cat(Q,K,V), per layer",
+                             "whole dead input columns, per layer"], runs), "",
+            *markdown_table(["batch x tokens", "dead columns", "dense Q,K,V", "gathered", "speed-up", "ideal"], timing)]
 
 
 def main():

@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
-from analysis.harness import fresh_option, kept, load_results, save_results  # noqa: E402
+from analysis.harness import fresh_option, kept, load_results, markdown_table, save_results  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
 
@@ -95,10 +95,7 @@ def table(res: dict) -> list[str]:
     def num(x: float) -> str:
         return "–" if x != x else f"{x:.2f}"
 
-    lines = ["| β | seeds | accuracy | Q/K/V sparsity by layer | min / median distance ÷ scale by layer, start → end "
-             "| heads the run removed, by layer | heads removed by layer at the end: "
-             + ", ".join(f"{m} θ={t:g}" for m, t in THETAS) + " |",
-             "|---|---|---|---|---|---|---|"]
+    rows = []
     for beta in sorted({r["beta"] for r in res["runs"].values()}):
         rs = [r for r in res["runs"].values() if r["beta"] == beta]
         n_layers = len(rs[0]["points"][-1]["layers"])
@@ -114,9 +111,11 @@ def table(res: dict) -> list[str]:
                 for k, x in zip(keys, rs[0]["points"][-1]["layers"])]
         removed = [" ".join(f"{v:g}" for v in mean(lambda x, k=f"{m}:{t:g}": x["would_remove"][k])) for m, t in THETAS]
         acc = sum(r["accuracy"] for r in rs) / len(rs)
-        lines.append(f"| {beta:g} | {len(rs)} | {acc:.3f} | " + " ".join(f"{s:.0%}" for s in sp) + " | "
-                     + "; ".join(dist) + " | " + " ".join(f"{g:g}" for g in gone) + " | " + " · ".join(removed) + " |")
-    return lines
+        rows.append([f"{beta:g}", len(rs), f"{acc:.3f}", " ".join(f"{s:.0%}" for s in sp), "; ".join(dist),
+                     " ".join(f"{g:g}" for g in gone), " · ".join(removed)])
+    return markdown_table(["β", "seeds", "accuracy", "Q/K/V sparsity by layer",
+                           "min / median distance ÷ scale by layer, start → end", "heads the run removed, by layer",
+                           "heads removed by layer at the end: " + ", ".join(f"{m} θ={t:g}" for m, t in THETAS)], rows)
 
 
 def plot(res: dict) -> None:

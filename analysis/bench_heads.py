@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
+from analysis.harness import markdown_table  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_heads.json"
@@ -166,18 +167,17 @@ def sweep(args) -> dict:
 
 def table(res: dict) -> list[str]:
     n = res["settings"]["n_eval"]
-    lines = [f"fine-tuned dense accuracy {res['dense_accuracy']:.3f} on {n} test tweets", "",
-             "| theta | heads removed, pretrained (per layer) | heads removed, fine-tuned (per layer) | "
-             "accuracy: dominating set | same heads, not folded | weight norm | random (3 seeds) |",
-             "|---|---|---|---|---|---|---|"]
+    rows = []
     for r in res["fine_tuned"]:
         pre = res["pretrained_removed_per_layer"][str(r["theta"])]
         cells = [f"{r['theta']:g}", f"{sum(pre)} ({' '.join(map(str, pre))})",
                  f"{r['removed']} ({' '.join(map(str, r['removed_per_layer']))})"]
         cells += [f"{r[k]:.3f}" if k in r else "–"
                   for k in ("dominating_set", "dominating_set_unfolded", "weight_norm", "random")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        rows.append(cells)
+    return [f"fine-tuned dense accuracy {res['dense_accuracy']:.3f} on {n} test tweets", "", *markdown_table(
+        ["theta", "heads removed, pretrained (per layer)", "heads removed, fine-tuned (per layer)",
+         "accuracy: dominating set", "same heads, not folded", "weight norm", "random (3 seeds)"], rows)]
 
 
 def plot(res: dict) -> None:

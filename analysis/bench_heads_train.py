@@ -31,7 +31,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
-from analysis.harness import fresh_option, kept, load_results, save_results  # noqa: E402
+from analysis.harness import fresh_option, kept, load_results, markdown_table, save_results  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
 
@@ -72,18 +72,17 @@ def train_run(name: str, npc: dict, args) -> dict:
 def table(res: dict) -> list[str]:
     runs, n = res.get("runs", {}), res["settings"]["n_eval"]
     dense = res.get("dense_accuracy")
-    lines = [f"dense fine-tuning: {dense:.3f} on {n} test tweets" if dense else "", "",
-             "| run | how heads are chosen | heads removed (per layer) | test accuracy | change (± s.e.) |",
-             "|---|---|---|---|---|"]
+    rows = []
     how = {"ds": "dominating set, theta {t}, {f}", "norm": "lowest weight norm, {k} per layer, on the schedule"}
     for name, r in runs.items():
         parts = name.split("-")
         label = (how["ds"].format(t=parts[1], f="folded into the replacer" if parts[2] == "folded" else "zeroed")
                  if parts[0] == "ds" else how["norm"].format(k=parts[1].split("of")[0]))
         se = math.sqrt((r["accuracy"] * (1 - r["accuracy"]) + dense * (1 - dense)) / n) if dense else float("nan")
-        lines.append(f"| {name} | {label} | {r['heads_removed']} ({' '.join(map(str, r['removed_per_layer']))}) | "
-                     f"{r['accuracy']:.3f} | {100 * (r['accuracy'] - dense):+.1f} ± {100 * se:.1f} |")
-    return lines
+        rows.append([name, label, f"{r['heads_removed']} ({' '.join(map(str, r['removed_per_layer']))})",
+                     f"{r['accuracy']:.3f}", f"{100 * (r['accuracy'] - dense):+.1f} ± {100 * se:.1f}"])
+    return [f"dense fine-tuning: {dense:.3f} on {n} test tweets" if dense else "", "", *markdown_table(
+        ["run", "how heads are chosen", "heads removed (per layer)", "test accuracy", "change (± s.e.)"], rows)]
 
 
 def plot(res: dict) -> None:

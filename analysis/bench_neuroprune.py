@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from analysis.figsave import save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
-from analysis.harness import fresh_option, kept  # noqa: E402
+from analysis.harness import fresh_option, kept, markdown_table  # noqa: E402
 from analysis.kept_weights import mlp_connectivity  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 from topoprune.train.run import TrainConfig, train  # noqa: E402
@@ -93,13 +93,12 @@ def main():
                                                "machine": {"cpus": os.cpu_count()}, "rows": rows}, indent=1))
     if done:
         print(f"# resumed: {sum(1 for k in plan if k in done)} of {len(plan)} runs taken from {out}", flush=True)
-    print("| method | sparsity | accuracy | measured MLP sparsity | conn. sd (entries) | conn. sd (%) | s/step "
-          "| vs dense | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['method']} | {r['target'] or 0:.0%} | {r['accuracy']:.4f} | {r['mlp_sparsity']:.3f} | "
-              f"{r['conn_sd_count']:.2f} | {r['conn_sd_percent']:.2f} | {r['seconds_per_step']:.3f} | "
-              f"{r['step_time_vs_dense']:.2f}x | {r['wall_seconds']:.0f} |")
+    print("\n".join(markdown_table(
+        ["method", "sparsity", "accuracy", "measured MLP sparsity", "conn. sd (entries)", "conn. sd (%)", "s/step",
+         "vs dense", "wall s"],
+        [[r["method"], f"{r['target'] or 0:.0%}", f"{r['accuracy']:.4f}", f"{r['mlp_sparsity']:.3f}",
+          f"{r['conn_sd_count']:.2f}", f"{r['conn_sd_percent']:.2f}", f"{r['seconds_per_step']:.3f}",
+          f"{r['step_time_vs_dense']:.2f}x", f"{r['wall_seconds']:.0f}"] for r in rows])))
     plot(rows, args.n_eval)
 
 

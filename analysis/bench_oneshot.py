@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import torch  # noqa: E402
 
 from analysis.figsave import save_figure  # noqa: E402
-from analysis.harness import fresh_option, load_done, machine, save_results  # noqa: E402
+from analysis.harness import fresh_option, load_done, machine, markdown_table, save_results  # noqa: E402
 from topoprune.oneshot.calibration import perplexity, sample_windows, text_ids  # noqa: E402
 from topoprune.oneshot.config import SETTINGS, OneShotConfig  # noqa: E402
 from topoprune.oneshot.prune import prune  # noqa: E402
@@ -220,31 +220,31 @@ def fmt(v, spec: str) -> str:
 
 
 def summary(rows: list[dict], chk: dict) -> None:
-    print("| sparsity | method | allocation | setting | measured sparsity | PTB test ppl | held-out ppl | λ_block "
-          "| λ_row | prune s | λ search s | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    cells = []
     for r in sorted(rows, key=order):
-        head = f"| {r['sparsity_target']:.0%} | {r['method']} | {r['allocation']} | {setting_of(r)} |"
+        head = [f"{r['sparsity_target']:.0%}", r["method"], r["allocation"], setting_of(r)]
         if r.get("error"):
-            print(f"{head} failed: {r['error'][:80]} | | | | | | | |")
+            cells.append(head + [f"failed: {r['error'][:80]}"] + [""] * 7)
             continue
-        print(f"{head} {r['sparsity']:.4f} | {r['ppl']:.2f} | {fmt(r.get('heldout_ppl'), '.2f')} | "
-              f"{fmt(r['lambda_block'], '.2f')} | {fmt(r['lambda_row'], '.2f')} | {r['prune_seconds']:.1f} | "
-              f"{fmt(r['search_seconds'], '.1f')} | {r['wall_seconds']:.1f} |")
+        cells.append(head + [f"{r['sparsity']:.4f}", f"{r['ppl']:.2f}", fmt(r.get("heldout_ppl"), ".2f"),
+                             fmt(r["lambda_block"], ".2f"), fmt(r["lambda_row"], ".2f"), f"{r['prune_seconds']:.1f}",
+                             fmt(r["search_seconds"], ".1f"), f"{r['wall_seconds']:.1f}"])
+    print("\n".join(markdown_table(["sparsity", "method", "allocation", "setting", "measured sparsity", "PTB test ppl",
+                                    "held-out ppl", "λ_block", "λ_row", "prune s", "λ search s", "wall s"], cells)))
     pairs = side_by_side(rows)
     if pairs:
         print(f"\nSettings side by side ({OURS} / authors' code); better = lower held-out ({HELDOUT_TEXT}) "
               "perplexity:\n")
-        print("| sparsity | method | allocation | PTB test ppl | held-out ppl | λ_block / λ_row | λ search s "
-              "| better on held-out |")
-        print("|---|---|---|---|---|---|---|---|")
+        side = []
         for a, b in pairs:
             lam = " / ".join(f"{fmt(r['lambda_block'], '.2f')}, {fmt(r['lambda_row'], '.2f')}" for r in (a, b)) \
                 if a["allocation"] == "neuroal" else "–"
-            print(f"| {a['sparsity_target']:.0%} | {a['method']} | {a['allocation']} | {a['ppl']:.2f} / {b['ppl']:.2f} "
-                  f"| {fmt(a.get('heldout_ppl'), '.2f')} / {fmt(b.get('heldout_ppl'), '.2f')} | {lam} | "
-                  f"{fmt(a['search_seconds'], '.0f')} / {fmt(b['search_seconds'], '.0f')} | "
-                  f"{better_on_heldout(a, b) or '–'} |")
+            side.append([f"{a['sparsity_target']:.0%}", a["method"], a["allocation"], f"{a['ppl']:.2f} / {b['ppl']:.2f}",
+                         f"{fmt(a.get('heldout_ppl'), '.2f')} / {fmt(b.get('heldout_ppl'), '.2f')}", lam,
+                         f"{fmt(a['search_seconds'], '.0f')} / {fmt(b['search_seconds'], '.0f')}",
+                         better_on_heldout(a, b) or "–"])
+        print("\n".join(markdown_table(["sparsity", "method", "allocation", "PTB test ppl", "held-out ppl",
+                                        "λ_block / λ_row", "λ search s", "better on held-out"], side)))
     print()
     for method, e in chk["ppl_order_at_70"].items():
         nums = ", ".join(f"{a} {fmt(e[a], '.2f')}" for a in ("neuroal", "owl", "uniform"))

@@ -46,7 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from analysis.bracketing import next_alpha, pooled  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
-from analysis.harness import ROOT, fresh_option, kept, load_results, save_results  # noqa: E402
+from analysis.harness import ROOT, fresh_option, kept, load_results, markdown_table, save_results  # noqa: E402
 from analysis.kept_weights import kept_overlap, kept_sample, mlp_connectivity  # noqa: E402
 from analysis.paired import paired_accuracy, paired_over_seeds  # noqa: E402
 from analysis.tasks import SETTINGS, example_correct  # noqa: E402
@@ -249,27 +249,25 @@ def summary(res: dict) -> list[dict]:
 
 
 def table(res: dict) -> list[str]:
-    lines = ["| method | target | MLP sparsity (per seed) | alpha | accuracy (mean; per seed) | vs l1, same tweets "
-             "(± s.e.; per seed) | vs GMP, same tweets | conn. sd (%) | kept weights shared with l1 / GMP |",
-             "|---|---|---|---|---|---|---|---|---|"]
-
     def gap(g):
         if not g:
             return ""
         return f"{g[0]:+.2f} pt ± {g[1]:.2f}" + (" (" + ", ".join(f"{c:+.2f}" for c in g[2]) + ")" if len(g[2]) > 1 else "")
 
+    rows = []
     for r in summary(res):
         acc = sum(r["accuracy"]) / len(r["accuracy"])
         se = f" ± {math.sqrt(acc * (1 - acc) / r['n_eval']):.3f}" if r["n_eval"] else ""
         alpha = ", ".join(f"{a:.3g}" for a in r["alpha"] if a is not None) or "-"
         share = " / ".join(", ".join(f"{x:.3f}" for x in r["overlap"].get(ref, []) if x is not None) or "-"
                            for ref in ("l1", "gmp"))
-        lines.append(f"| {r['method']} | {r['target']:.0%} | " + ", ".join(
-            f"{s:.1%}" + ("" if ok else " (unmatched)") for s, ok in zip(r["mlp_sparsity"], r["matched"]))
-                     + f" | {alpha} | {acc:.4f}{se} (" + ", ".join(f"{a:.4f}" for a in r["accuracy"]) + ") | "
-                     + f"{gap(r['vs_l1'])} | {gap(r['vs_gmp'])} | "
-                     + f"{sum(r['conn_sd_percent']) / len(r['conn_sd_percent']):.2f} | {share} |")
-    return lines
+        rows.append([r["method"], f"{r['target']:.0%}", ", ".join(
+            f"{s:.1%}" + ("" if ok else " (unmatched)") for s, ok in zip(r["mlp_sparsity"], r["matched"])), alpha,
+            f"{acc:.4f}{se} (" + ", ".join(f"{a:.4f}" for a in r["accuracy"]) + ")", gap(r["vs_l1"]), gap(r["vs_gmp"]),
+            f"{sum(r['conn_sd_percent']) / len(r['conn_sd_percent']):.2f}", share])
+    return markdown_table(["method", "target", "MLP sparsity (per seed)", "alpha", "accuracy (mean; per seed)",
+                           "vs l1, same tweets (± s.e.; per seed)", "vs GMP, same tweets", "conn. sd (%)",
+                           "kept weights shared with l1 / GMP"], rows)
 
 
 def plot(res: dict) -> None:

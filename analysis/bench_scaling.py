@@ -55,7 +55,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from analysis.harness import fresh_option, machine, offline_env, refuse  # noqa: E402
+from analysis.harness import fresh_option, machine, markdown_table, offline_env, refuse  # noqa: E402
 from analysis.llama_checkpoint import generate_llama, llama_tensors, rss_child  # noqa: E402
 from analysis.memory import GB, RSS_SLACK, run_rss_child  # noqa: E402
 
@@ -222,9 +222,7 @@ def summarise_cluster(cl: dict) -> None:
 
 
 def table(results: dict) -> list[str]:
-    lines = ["| size | widths of | parameters (blocks) | matrices | analysis | wall | main RSS | largest worker "
-             "| bound 3 × largest + 0.6 GB | read / edges / degrees / fits / modularity, edges/s per core |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for size, c in sorted(results.get("checkpoints", {}).items(), key=lambda x: float(x[0])):
         for kind in KINDS:
             r = results["runs"].get(f"{size}/{kind}")
@@ -233,11 +231,14 @@ def table(results: dict) -> list[str]:
             top = max(r["maxrss_self"], r["worker_peak"])
             rates = " / ".join("-" if s["edges_per_s_per_core"] is None else f"{s['edges_per_s_per_core'] / 1e6:.3g}M"
                                for s in r["timing"]["stages"])
-            lines.append(f"| {size} B | {c['geometry']['model']} | {c['parameters'] / 1e9:.3f} B "
-                         f"({c['block_parameters'] / 1e9:.3f} B) | {c['n_block_matrices']} | {kind.replace('_', ' ')}, "
-                         f"{r['timing']['workers']} workers | {r['wall_s']:.1f} s | {r['maxrss_self'] / GB:.2f} GB | "
-                         f"{r['worker_peak'] / GB:.2f} GB | {bound(c) / GB:.2f} GB "
-                         f"({'within' if top <= bound(c) else 'above'}) | {rates} |")
+            rows.append([f"{size} B", c["geometry"]["model"],
+                         f"{c['parameters'] / 1e9:.3f} B ({c['block_parameters'] / 1e9:.3f} B)", c["n_block_matrices"],
+                         f"{kind.replace('_', ' ')}, {r['timing']['workers']} workers", f"{r['wall_s']:.1f} s",
+                         f"{r['maxrss_self'] / GB:.2f} GB", f"{r['worker_peak'] / GB:.2f} GB",
+                         f"{bound(c) / GB:.2f} GB ({'within' if top <= bound(c) else 'above'})", rates])
+    lines = markdown_table(["size", "widths of", "parameters (blocks)", "matrices", "analysis", "wall", "main RSS",
+                            "largest worker", "bound 3 × largest + 0.6 GB",
+                            "read / edges / degrees / fits / modularity, edges/s per core"], rows)
     for kind, g in (results.get("growth") or {}).items():
         if g:
             lines.append(f"\ngrowth exponent, {kind.replace('_', ' ')} ({', '.join(g['sizes'])} B): wall ∝ "
@@ -245,13 +246,12 @@ def table(results: dict) -> list[str]:
     cl = results.get("cluster")
     if cl and "median_s" in cl:
         n = len(cl["runs"]) // 2
-        lines += ["", f"| {cl['size']} B, full report | process pool, n_jobs=2 | Dask local:2 | Dask / pool |",
-                  "|---|---|---|---|",
-                  f"| median of {n} (runs) | {cl['median_s']['pool']:.1f} s ("
-                  + ", ".join(f"{r['wall_s']:.1f}" for r in cl["runs"] if r["mode"] == "pool") + ") | "
-                  f"{cl['median_s']['dask']:.1f} s ("
-                  + ", ".join(f"{r['wall_s']:.1f}" for r in cl["runs"] if r["mode"] == "dask") + ") | "
-                  f"{cl['ratio_dask_over_pool']:.2f} |"]
+        runs = {m: ", ".join(f"{r['wall_s']:.1f}" for r in cl["runs"] if r["mode"] == m) for m in ("pool", "dask")}
+        lines += ["", *markdown_table([f"{cl['size']} B, full report", "process pool, n_jobs=2", "Dask local:2",
+                                       "Dask / pool"],
+                                      [[f"median of {n} (runs)", f"{cl['median_s']['pool']:.1f} s ({runs['pool']})",
+                                        f"{cl['median_s']['dask']:.1f} s ({runs['dask']})",
+                                        f"{cl['ratio_dask_over_pool']:.2f}"]])]
         lines += _estimate_lines(cl["estimate_70b"], f"the {cl['size']} B Dask runs'")
     full = [s for s in results.get("checkpoints", {}) if f"{s}/full" in results.get("runs", {})]
     if full:  # the largest matrices measured: the closest per-edge costs to a 70B model's
@@ -265,8 +265,7 @@ def _estimate_lines(e: dict, source: str) -> list[str]:
     return ["", f"LLaMA-2-70B shape, estimated from {source} per-matrix stage costs ({e['n_matrices']} "
             f"matrices, {e['core_seconds'] / 3600:.1f} core-hours; the most costly matrix "
             f"{e['largest_matrix_s']:.0f} s; per-worker memory bound {e['worker_memory_bound_gb']:.1f} GB):",
-            "", "| workers | " + " | ".join(e["wall_s"]) + " |", "|---|" + "---|" * len(e["wall_s"]),
-            "| wall time | " + " | ".join(_duration(v) for v in e["wall_s"].values()) + " |"]
+            "", *markdown_table(["workers", *e["wall_s"]], [["wall time", *map(_duration, e["wall_s"].values())]])]
 
 
 def _duration(s: float) -> str:

@@ -43,7 +43,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
-from analysis.harness import fresh_option, kept, load_results, save_results  # noqa: E402
+from analysis.harness import fresh_option, kept, load_results, markdown_table, save_results  # noqa: E402
 from analysis.kept_weights import mlp_connectivity  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
@@ -97,9 +97,7 @@ def table(res: dict) -> list[str]:
         metric = "accuracy" if setting != "ptb" else "perplexity"
         field, unit, compare = (("block_losses", "blocks", paired_change) if metric == "perplexity"
                                 else ("correct", "tweets", paired_accuracy))
-        lines += [f"**{setting}**", "", (f"| method | MLP sparsity | {metric} (mean over seeds) | seeds | spread "
-                  f"| conn. sd (%) | vs GMP, same {unit} (± s.e.) |"), "|---|---|---|---|---|---|---|"]
-        groups = group_runs(rows)
+        groups, cells_of = group_runs(rows), []
         for (method, target), rs in sorted(groups.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0])):
             vals = [r[metric] for r in rs]
             mean = sum(vals) / len(vals)
@@ -113,8 +111,10 @@ def table(res: dict) -> list[str]:
             cells.append(f"{change[0]:+.2f}{suffix} ± {change[1]:.2f}" if change else "")
             if change and len(change[2]) > 1:
                 cells[-1] += " (seeds: " + ", ".join(f"{c:+.2f}" for c in change[2]) + ")"
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+            cells_of.append(cells)
+        lines += [f"**{setting}**", "", *markdown_table(
+            ["method", "MLP sparsity", f"{metric} (mean over seeds)", "seeds", "spread", "conn. sd (%)",
+             f"vs GMP, same {unit} (± s.e.)"], cells_of), ""]
     return lines
 
 

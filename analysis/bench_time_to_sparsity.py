@@ -48,7 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from analysis.bracketing import _logit, next_alpha, pooled  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
-from analysis.harness import ROOT, fresh_option, kept, load_results, save_results  # noqa: E402
+from analysis.harness import ROOT, fresh_option, kept, load_results, markdown_table, save_results  # noqa: E402
 from analysis.kept_weights import mlp_connectivity  # noqa: E402
 from analysis.paired import paired_accuracy  # noqa: E402
 from analysis.tasks import example_correct  # noqa: E402
@@ -220,22 +220,22 @@ def table(res: dict) -> list[str]:
         lines.append(f"Dense reference: {ref['accuracy']:.4f} at {ref['epochs']} epochs (best over "
                      + ", ".join(f"{r['epochs']}: {r['accuracy']:.4f}" for r in sorted(
                          (r for r in res["runs"].values() if r["method"] == "dense"), key=lambda r: r["epochs"])) + ").")
-    lines += ["", "| target | method | epochs | MLP sparsity | accuracy | vs dense, same tweets (± s.e.) | train s | "
-              "s / step | conn. sd (%) | attention sparsity | alpha |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    points, reached = [], []
     for row in s["rows"]:
         for p in row["points"]:
             gap = f"{p['vs_dense'][0]:+.2f} pt ± {p['vs_dense'][1]:.2f}" if p["vs_dense"] else ""
             mark = " (reaches)" if p is row["reached"] else ("" if p["matched"] else " (unmatched)")
-            lines.append(f"| {row['target']:.0%} | {row['method']} | {p['epochs']}{mark} | {p['mlp_sparsity']:.1%} | "
-                         f"{p['accuracy']:.4f} | {gap} | {p['train_seconds']:.0f} | {p['seconds_per_step']:.3f} | "
-                         f"{p['conn_sd_percent']:.2f} | {p['attention_sparsity']:.1%} | "
-                         + (f"{p['alpha']:.3g}" if p["alpha"] is not None else "-") + " |")
-    lines += ["", "| target | method | first budget within one point of dense | its training seconds |", "|---|---|---|---|"]
-    for row in s["rows"]:
+            points.append([f"{row['target']:.0%}", row["method"], f"{p['epochs']}{mark}", f"{p['mlp_sparsity']:.1%}",
+                           f"{p['accuracy']:.4f}", gap, f"{p['train_seconds']:.0f}", f"{p['seconds_per_step']:.3f}",
+                           f"{p['conn_sd_percent']:.2f}", f"{p['attention_sparsity']:.1%}",
+                           f"{p['alpha']:.3g}" if p["alpha"] is not None else "-"])
         r = row["reached"]
-        lines.append(f"| {row['target']:.0%} | {row['method']} | " + (f"{r['epochs']} epochs | {r['train_seconds']:.0f} |"
-                     if r else f"not within {max(p['epochs'] for p in row['points'])} epochs | - |"))
-    return lines
+        reached.append([f"{row['target']:.0%}", row["method"], *([f"{r['epochs']} epochs", f"{r['train_seconds']:.0f}"]
+                        if r else [f"not within {max(p['epochs'] for p in row['points'])} epochs", "-"])])
+    return lines + ["", *markdown_table(
+        ["target", "method", "epochs", "MLP sparsity", "accuracy", "vs dense, same tweets (± s.e.)", "train s",
+         "s / step", "conn. sd (%)", "attention sparsity", "alpha"], points), "", *markdown_table(
+        ["target", "method", "first budget within one point of dense", "its training seconds"], reached)]
 
 
 def plot(res: dict) -> None:

@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 from analysis.fingerprint import code_fingerprint  # noqa: E402
-from analysis.harness import fresh_option, kept, machine  # noqa: E402
+from analysis.harness import fresh_option, kept, machine, markdown_table  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_topology.json"
@@ -61,8 +61,7 @@ def run_one(model: str, mode: str, every: int, work: Path) -> dict:
 
 
 def summarize(results: dict) -> list[str]:
-    lines = ["| model | steps | snapshots (with fits) | off: s | background: s | overhead | sync: s | overhead |",
-             "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for model, runs in results.get("runs", {}).items():
         med = {m: statistics.median(r["train_seconds"] for r in runs.get(m, [])) for m in MODES if runs.get(m)}
         if "off" not in med:
@@ -73,8 +72,9 @@ def summarize(results: dict) -> list[str]:
         cells = [model, str(steps), str(snaps), f"{med['off']:.1f}"]
         for m in ("background", "sync"):
             cells += [f"{med[m]:.1f}", f"{med[m] / med['off'] - 1:+.1%}"] if m in med else ["-", "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        rows.append(cells)
+    return markdown_table(["model", "steps", "snapshots (with fits)", "off: s", "background: s", "overhead", "sync: s",
+                           "overhead"], rows)
 
 
 def main():

@@ -34,7 +34,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
-from analysis.harness import fresh_option, kept, load_results, save_results  # noqa: E402
+from analysis.harness import fresh_option, kept, load_results, markdown_table, save_results  # noqa: E402
 from analysis.kept_weights import mlp_connectivity  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
@@ -89,8 +89,7 @@ def table(res: dict) -> list[str]:
     runs, n = res["runs"], res["settings"]["n_eval"]
     dense = runs.get("dense", {}).get("accuracy")
     se = lambda p: math.sqrt(p * (1 - p) / n)  # noqa: E731
-    lines = [("| run | method | alpha | beta | MLP sparsity | Q,K,V sparsity | test accuracy | vs dense (± s.e.) "
-             "| conn. sd (%) |"), "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     order = {"paper": 0, "gmp": 1, "l1": 2, "random": 3}
 
     def rank(name: str) -> tuple:  # dense first, then by alpha: paper mode (beta 0, then beta), baselines
@@ -103,9 +102,10 @@ def table(res: dict) -> list[str]:
              if dense is not None and name != "dense" else "")
         alpha = format(c["mlp_weight"], "g") if "mlp_weight" in c else "-"
         beta = format(c["attn_weight"], "g") if "attn_weight" in c else "-"
-        lines.append(f"| {name} | {c['method']} | {alpha} | {beta} | {r['mlp_sparsity']:.1%} | {r['qkv_sparsity']:.1%} "
-                     f"| {r['accuracy']:.3f} | {d} | {r['conn_sd_percent']:.2f} |")
-    return lines
+        rows.append([name, c["method"], alpha, beta, f"{r['mlp_sparsity']:.1%}", f"{r['qkv_sparsity']:.1%}",
+                     f"{r['accuracy']:.3f}", d, f"{r['conn_sd_percent']:.2f}"])
+    return markdown_table(["run", "method", "alpha", "beta", "MLP sparsity", "Q,K,V sparsity", "test accuracy",
+                           "vs dense (± s.e.)", "conn. sd (%)"], rows)
 
 
 def plot(res: dict) -> None:

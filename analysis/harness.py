@@ -32,6 +32,12 @@ def save_results(path: Path, results: dict) -> None:
         tmp.write_text(json.dumps(results, indent=1))
 
 
+def markdown_table(columns, rows) -> list[str]:
+    """A markdown table as lines: the header, its rule, one line per row (cells written with ``str``)."""
+    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+
+
 def fresh_option(parser) -> None:
     """Add ``--fresh`` to a benchmark's ``parser``: the one way to drop the runs its results file holds."""
     parser.add_argument("--fresh", action="store_true",

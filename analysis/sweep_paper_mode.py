@@ -30,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 from analysis.fingerprint import code_fingerprint  # noqa: E402
+from analysis.harness import markdown_table  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "paper_mode.json"
@@ -85,8 +86,7 @@ def run(name: str, opts: dict, workdir: Path, reuse: bool = True) -> dict:
 
 
 def table(results: dict) -> list[str]:
-    lines = ["| run | budget | form | alpha | beta | penalties stop | MLP sparsity | attention sparsity (Q,K,V,O) | "
-             "test accuracy |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for name, r in results.items():
         b = budget_of(name)
         budget = f"{b['epochs']:g} ep, lr {b['lr']:g}, {b['n_eval']} test"
@@ -96,9 +96,10 @@ def table(results: dict) -> list[str]:
         alpha = "-" if dense else format(c["mlp_weight"], "g")
         beta = "-" if dense else format(c["attn_weight"], "g")
         stop = "at " + format(c["end_fraction"], ".0%") if c.get("end_fraction") else "-"
-        lines.append(f"| {name} | {budget} | {form} | {alpha} | {beta} | {stop} | {r['mlp_sparsity']:.1%} | "
-                     f"{r['attention_sparsity']:.1%} | {r['accuracy']:.3f} ± {r['se']:.3f} |")
-    return lines
+        rows.append([name, budget, form, alpha, beta, stop, f"{r['mlp_sparsity']:.1%}", f"{r['attention_sparsity']:.1%}",
+                     f"{r['accuracy']:.3f} ± {r['se']:.3f}"])
+    return markdown_table(["run", "budget", "form", "alpha", "beta", "penalties stop", "MLP sparsity",
+                           "attention sparsity (Q,K,V,O)", "test accuracy"], rows)
 
 
 def main():
