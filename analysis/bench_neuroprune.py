@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from analysis.figsave import save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
-from analysis.harness import fresh_option, kept, markdown_table  # noqa: E402
+from analysis.harness import fresh_option, kept, machine, markdown_table  # noqa: E402
 from analysis.kept_weights import mlp_connectivity  # noqa: E402
 from topoprune.io import atomic_path  # noqa: E402
 from topoprune.train.run import TrainConfig, train  # noqa: E402
@@ -90,7 +90,7 @@ def main():
                 r["step_time_vs_dense"] = r["seconds_per_step"] / dense["seconds_per_step"]
             with atomic_path(out) as tmp_out:
                 tmp_out.write_text(json.dumps({"settings": settings, **provenance(),
-                                               "machine": {"cpus": os.cpu_count()}, "rows": rows}, indent=1))
+                                               "machine": machine(), "rows": rows}, indent=1))
     if done:
         print(f"# resumed: {sum(1 for k in plan if k in done)} of {len(plan)} runs taken from {out}", flush=True)
     print("\n".join(markdown_table(
