@@ -17,10 +17,10 @@ from pathlib import Path
 import click
 
 from .. import __version__
-from ..compaction.run import DTYPES
+from ..compaction import config as compact_config
 from ..errors import ConfigError
-from ..oneshot.config import ALLOCATIONS, NEUROAL_STEPS, PRUNERS, OneShotConfig
-from ..oneshot.run import EvalConfig
+from ..oneshot import config as oneshot_config
+from ..oneshot.config import ALLOCATIONS, NEUROAL_STEPS, PRUNERS, EvalConfig, OneShotConfig
 from ..plotting.common import FigureConfig
 from ..train.config import (DEFAULT_FREQUENCY, HEAD_MODES, PAPER_PENALTIES, PENALTY_FORMS, TARGET_PENALTIES,
                             THETA_SCALES, TRAIN_METHODS, NeuroPruneConfig)
@@ -338,7 +338,7 @@ def train(model, data, method, target, neuron_target, head_target, schedule, fre
 @click.option("--batch-size", type=int, default=default(OneShotConfig, "batch_size"), show_default=True,
               help="Windows per forward pass.")
 @click.option("--seed", type=int, default=default(OneShotConfig, "seed"), show_default=True)
-@click.option("-o", "--out", type=click.Path(path_type=str), default="topoprune-oneshot", show_default=True)
+@click.option("-o", "--out", type=click.Path(path_type=str), default=oneshot_config.OUT, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT when it holds an earlier topoprune output.")
 def oneshot(model, method, sparsity, allocation, owl_m, owl_lambda, neuroal_steps, setting, group, down_rows, rebalance,
             gqa_rows, calibration, n_calibration, n_search, seq_len, eval_tokens, evaluate, window, stride,
@@ -371,8 +371,8 @@ def oneshot(model, method, sparsity, allocation, owl_m, owl_lambda, neuroal_step
 
 @main.command()
 @click.argument("src", type=click.Path(path_type=str))
-@click.option("-o", "--out", type=click.Path(path_type=str), default="topoprune-compact", show_default=True)
-@click.option("--dtype", default=None, help=f"Saved weights: {', '.join(DTYPES)} [as loaded: fp32].")
+@click.option("-o", "--out", type=click.Path(path_type=str), default=compact_config.OUT, show_default=True)
+@click.option("--dtype", default=None, help=f"Saved weights: {', '.join(compact_config.DTYPES)} [as loaded: fp32].")
 @click.option("--overwrite", is_flag=True, help="Replace OUT when it holds an earlier topoprune output.")
 def compact(src, out, dtype, overwrite):
     """Remove the dead heads and MLP neurons of a pruned model: a smaller, faster model.

@@ -27,6 +27,7 @@ from .. import __version__
 from ..errors import CheckpointError, ConfigError
 from ..graph.binding import Binding
 from ..models import newly_initialised, refused_pickle
+from .config import DTYPES
 from .plan import find_plan
 from .surgery import apply_plan, apply_record
 
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 
 #: Config key holding the compaction record.
 RECORD_KEY = "topoprune_compact"
-#: ``--dtype`` names.
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Config fields that may hold an MLP width, and those that describe heads.
 WIDTH_KEYS = ("intermediate_size", "ffn_dim", "d_ff", "n_inner", "hidden_dim", "ffn_hidden_size",
               "encoder_ffn_dim", "decoder_ffn_dim")

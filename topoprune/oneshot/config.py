@@ -29,6 +29,8 @@ SETTINGS = {"topoprune": {"down_rows": "block_output", "group": "auto", "rebalan
 #: Wanda + NeuroAL on SmolLM2-135M, PTB validation, authors' / ours 103.5 / 102.4 at 50 %, 189.5 /
 #: 198.5 at 60 %, 563.5 / 561.7 at 70 %: 1.1 % lower in geometric mean (``analysis/bench_oneshot.py``).
 DEFAULT_SETTING = "authors"
+#: Where ``topoprune oneshot`` writes its run when no ``--out`` is given.
+OUT = "topoprune-oneshot"
 
 
 @dataclass(frozen=True)
