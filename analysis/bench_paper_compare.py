@@ -162,6 +162,25 @@ def is_matched(res: dict, r: dict, target: float) -> bool:
     return goal is not None and abs(r["mlp_sparsity"] - goal) <= res.get("settings", {}).get("tolerance", 0.01)
 
 
+def first_alpha(res: dict, method: str, target: float, seed: int, args) -> float:
+    """The first alpha to try for ``method`` at ``target`` and ``seed`` when it has no try of its own.
+
+    Another seed's matched alpha where there is one. Else, for proximal ``l1``, the alpha of the
+    ``neuroprune`` run it is matched to divided by that run's mean c_i at the end: NeuroPrune
+    shrinks row i by alpha / c_i, so a plain penalty needs about alpha / mean(c) for as many
+    weights. Else :data:`FIRST_ALPHA` scaled to the run's steps.
+    """
+    for other in (s for s in args.seeds if s != seed):
+        prev = chosen(res, method, target, other)
+        if prev and abs(prev["mlp_sparsity"] - (matched_sparsity(res, method, target, other) or target)) <= args.tolerance:
+            return prev["neuroprune"]["mlp_weight"]
+    ref = stands(res, "neuroprune", target, seed) if method == "l1" else None
+    c_mean = (ref or {}).get("attachment", {}).get("mean")
+    if ref and c_mean:
+        return float(f"{ref['neuroprune']['mlp_weight'] / c_mean:.4g}")
+    return FIRST_ALPHA[method] * 930 / max(1, args.steps_hint)
+
+
 def ensure(res: dict, method: str, target: float, seed: int, args, config: dict, save) -> dict | None:
     """Make (or find) the run of ``method`` at ``target`` and ``seed``, bracketing alpha if penalised."""
     goal = matched_sparsity(res, method, target, seed)
@@ -175,13 +194,7 @@ def ensure(res: dict, method: str, target: float, seed: int, args, config: dict,
             res["runs"][name] = dict(row, method=method, target=target)
             save()
         return res["runs"][name]
-    steps_scale = 930 / max(1, args.steps_hint)
-    first = FIRST_ALPHA[method] * steps_scale
-    for other in (s for s in args.seeds if s != seed):  # another seed's matched alpha is the best first guess
-        prev = chosen(res, method, target, other)
-        if prev and abs(prev["mlp_sparsity"] - (matched_sparsity(res, method, target, other) or target)) <= args.tolerance:
-            first = prev["neuroprune"]["mlp_weight"]
-            break
+    first = first_alpha(res, method, target, seed, args)
     for _ in range(args.max_tries):
         tries = [(r["neuroprune"]["mlp_weight"], r["mlp_sparsity"]) for r in candidates(res, method, target, seed)]
         if any(abs(s - goal) <= args.tolerance for _, s in tries):

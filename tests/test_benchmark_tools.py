@@ -426,3 +426,18 @@ def test_a_benchmark_refuses_to_overwrite_stored_runs_without_resume_or_fresh(tm
                            "--workdir", str(tmp_path / "w")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "--resume" in proc.stderr and "--fresh" in proc.stderr and out.read_bytes() == before
+
+
+def test_paper_compare_starts_l1_from_neuroprunes_alpha_over_its_mean_attachment():
+    from argparse import Namespace
+
+    from analysis import bench_paper_compare as bp
+
+    args = Namespace(seeds=[0, 1], tolerance=0.01, steps_hint=930)
+    np_run = stored_run("neuroprune", 0.5, 0.502, seed=0, name="n", attachment={"mean": 0.5})
+    np_run["neuroprune"]["mlp_weight"] = 4e-5
+    res = {"settings": {"tolerance": 0.01}, "runs": {"n": np_run}}
+    assert bp.first_alpha(res, "l1", 0.5, 0, args) == 8e-5  # alpha / mean c
+    assert bp.first_alpha(res, "neuroprune", 0.7, 0, args) == bp.FIRST_ALPHA["neuroprune"]  # no seed matched at 70 %
+    assert bp.first_alpha(res, "neuroprune", 0.5, 1, args) == 4e-5  # seed 0's matched alpha
+    assert bp.first_alpha(res, "l1-gradient", 0.5, 0, args) == bp.FIRST_ALPHA["l1-gradient"]  # another form
