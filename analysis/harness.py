@@ -1,9 +1,11 @@
-"""What the benchmark scripts share: their results files and the record of the machine they ran on.
+"""What the benchmark scripts share: results files, resuming them, the machine record, markdown tables.
 
 A results file is JSON under ``analysis/results/``, rewritten whole after every run (written beside
 itself and swapped in, so an interrupted benchmark leaves the previous complete file), so that
-``--resume`` continues where a run stopped. Which stored results a script may keep is decided by its
-code fingerprint (:mod:`analysis.fingerprint`); figures are saved by :mod:`analysis.figsave`.
+``--resume`` continues where a run stopped; stored runs are dropped only with ``--fresh``
+(:func:`kept`, :func:`load_done`). Which stored results a script may keep is decided by its code
+fingerprint (:mod:`analysis.fingerprint`); figures are saved by :mod:`analysis.figsave`. Every
+script records the machine with :func:`machine` and prints its tables with :func:`markdown_table`.
 Scripts are run from the repository root as modules (``python -m analysis.bench_compact``), so
 that they import these helpers, and the package, without editing ``sys.path``.
 """
@@ -16,7 +18,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = ROOT / "analysis" / "results"
 
 
 def load_results(path: Path) -> dict:
