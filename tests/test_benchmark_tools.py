@@ -441,3 +441,9 @@ def test_paper_compare_starts_l1_from_neuroprunes_alpha_over_its_mean_attachment
     assert bp.first_alpha(res, "neuroprune", 0.7, 0, args) == bp.FIRST_ALPHA["neuroprune"]  # no seed matched at 70 %
     assert bp.first_alpha(res, "neuroprune", 0.5, 1, args) == 4e-5  # seed 0's matched alpha
     assert bp.first_alpha(res, "l1-gradient", 0.5, 0, args) == bp.FIRST_ALPHA["l1-gradient"]  # another form
+    l1_run = stored_run("l1", 0.5, 0.495, seed=0, name="l")
+    l1_run["neuroprune"]["mlp_weight"] = 6e-5  # matched to n at 1.5 x its alpha
+    np70 = stored_run("neuroprune", 0.7, 0.70, seed=0, name="n70", attachment={"mean": 0.4})
+    np70["neuroprune"]["mlp_weight"] = 1e-4
+    res["runs"].update(l=l1_run, n70=np70)
+    assert bp.first_alpha(res, "l1", 0.7, 0, args) == 1.5e-4  # the ratio of the alphas matched at 50 %
