@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from analysis.compaction_runs import TRAIN_KEYS, key, measure_all, train_one  # noqa: E402
 from analysis.figsave import save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
-from analysis.harness import fresh_option, kept, load_results, machine, markdown_table, save_results  # noqa: E402
+from analysis.harness import kept, load_results, machine, markdown_table, results_options, save_results  # noqa: E402
 from topoprune.compaction import compact, load_compact  # noqa: E402
 from topoprune.graph.binding import Binding  # noqa: E402
 
@@ -275,10 +275,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=40, help="timed forward passes at batch 1 (over all rounds)")
     ap.add_argument("--rounds", type=int, default=8, help="round-robin rounds over the models (batch 32: one "
                     "pass per round)")
-    ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-compact")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--resume", action="store_true")
-    fresh_option(ap)
+    results_options(ap, RESULTS, workdir="bench-compact")
     ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args()
     results = load_results(args.out)

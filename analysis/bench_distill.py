@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from analysis.compaction_runs import TRAIN_KEYS, key, measure_all, throughput_speedup, train_one  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
-from analysis.harness import fresh_option, kept, load_results, machine, markdown_table, save_results  # noqa: E402
+from analysis.harness import kept, load_results, machine, markdown_table, results_options, save_results  # noqa: E402
 from topoprune.compaction import load_compact  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_distill.json"
@@ -115,10 +115,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads while timing")
     ap.add_argument("--repeats", type=int, default=16, help="timed forward passes at batch 1 (over all rounds)")
     ap.add_argument("--rounds", type=int, default=4, help="timing rounds (each pass paired with one of the dense model)")
-    ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-distill")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--resume", action="store_true")
-    fresh_option(ap)
+    results_options(ap, RESULTS, workdir="bench-distill")
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--widths", default=",".join(f"{n:g}:{h:.4f}" for _, n, h in WIDTHS),
                     help="NEURONS:HEADS shares, comma-separated")

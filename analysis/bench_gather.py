@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import torch  # noqa: E402
 
 from analysis.fingerprint import code_fingerprint  # noqa: E402
-from analysis.harness import fresh_option, kept, machine, markdown_table, save_results  # noqa: E402
+from analysis.harness import kept, machine, markdown_table, results_options, save_results  # noqa: E402
 
 RESULTS = ROOT / "analysis" / "results" / "bench_gather.json"
 #: Paper-mode penalty weights (alpha, beta) of the runs whose dead columns are counted.
@@ -134,10 +134,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeats", type=int, default=200, help="timed calls of each form per share and shape")
-    ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-gather")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--resume", action="store_true")
-    fresh_option(ap)
+    results_options(ap, RESULTS, workdir="bench-gather")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}

@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
-from analysis.harness import fresh_option, kept, load_results, markdown_table, save_results  # noqa: E402
+from analysis.harness import kept, load_results, markdown_table, results_options, save_results  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
 
@@ -161,10 +161,7 @@ def main():
     ap.add_argument("--betas", type=lambda s: tuple(float(x) for x in s.split(",")), default=BETAS)
     ap.add_argument("--seeds", type=lambda s: tuple(int(x) for x in s.split(",")), default=SEEDS)
     ap.add_argument("--every", type=int, default=21, help="steps between measurements")
-    ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-head-distance")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--resume", action="store_true", help="keep the stored runs made by the same code")
-    fresh_option(ap)
+    results_options(ap, RESULTS, workdir="bench-head-distance")
     ap.add_argument("--quick", action="store_true", help="256 tweets, two betas, into a temporary directory")
     ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args()

@@ -31,7 +31,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
-from analysis.harness import fresh_option, kept, load_results, markdown_table, save_results  # noqa: E402
+from analysis.harness import kept, load_results, markdown_table, results_options, save_results  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
 
@@ -122,10 +122,7 @@ def main():
     ap.add_argument("--runs", default=",".join(RUNS), help=f"some of {','.join(RUNS)}")
     ap.add_argument("--dense", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-distill"
                     / "dense-n0.00-h0.00", help="the dense run with the same settings (reference accuracy)")
-    ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-heads-train")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--resume", action="store_true")
-    fresh_option(ap)
+    results_options(ap, RESULTS, workdir="bench-heads-train")
     ap.add_argument("--plot-only", action="store_true", help="table and figure from the results file")
     args = ap.parse_args()
     res = load_results(args.out)

@@ -46,7 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from analysis.bracketing import next_alpha, pooled  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
-from analysis.harness import ROOT, fresh_option, kept, load_results, markdown_table, save_results  # noqa: E402
+from analysis.harness import ROOT, kept, load_results, markdown_table, results_options, save_results  # noqa: E402
 from analysis.kept_weights import kept_overlap, kept_sample, mlp_connectivity  # noqa: E402
 from analysis.paired import paired_accuracy, paired_over_seeds  # noqa: E402
 from analysis.tasks import SETTINGS, example_correct  # noqa: E402
@@ -336,10 +336,7 @@ def main():
     ap.add_argument("--seeds", default="0,1", help="comma-separated seeds (default: 0,1)")
     ap.add_argument("--tolerance", type=float, default=0.01, help="how close a matched sparsity must come")
     ap.add_argument("--max-tries", type=int, default=4, help="runs per bracketed point, at most")
-    ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-paper")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--resume", action="store_true", help="keep the stored runs made by the same code")
-    fresh_option(ap)
+    results_options(ap, RESULTS, workdir="bench-paper")
     ap.add_argument("--quick", action="store_true", help="256 tweets, one target, into a temporary directory")
     ap.add_argument("--plot-only", action="store_true", help="print the table and redraw the figure")
     args = ap.parse_args()

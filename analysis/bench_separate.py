@@ -43,7 +43,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
-from analysis.harness import fresh_option, kept, load_results, markdown_table, save_results  # noqa: E402
+from analysis.harness import kept, load_results, markdown_table, results_options, save_results  # noqa: E402
 from analysis.kept_weights import mlp_connectivity  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
@@ -198,10 +198,7 @@ def main():
     ap.add_argument("--seeds", help="seeds (default: 0)")
     ap.add_argument("--without-dense", action="store_true",
                     help="with the options above: do not train the dense reference of their settings and seeds")
-    ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-separate")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--resume", action="store_true", help="keep the stored runs made by the same code and settings")
-    fresh_option(ap)
+    results_options(ap, RESULTS, workdir="bench-separate")
     ap.add_argument("--plot-only", action="store_true", help="print the tables and redraw the figure")
     args = ap.parse_args()
     res = load_results(args.out)

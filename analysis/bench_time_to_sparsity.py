@@ -48,7 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from analysis.bracketing import _logit, next_alpha, pooled  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint, provenance  # noqa: E402
-from analysis.harness import ROOT, fresh_option, kept, load_results, markdown_table, save_results  # noqa: E402
+from analysis.harness import ROOT, kept, load_results, markdown_table, results_options, save_results  # noqa: E402
 from analysis.kept_weights import mlp_connectivity  # noqa: E402
 from analysis.paired import paired_accuracy  # noqa: E402
 from analysis.tasks import example_correct  # noqa: E402
@@ -282,10 +282,7 @@ def main():
     ap.add_argument("--tolerance", type=float, default=0.01, help="how close NeuroPrune's sparsity must come")
     ap.add_argument("--within", type=float, default=0.01, help="accuracy below the dense reference still reaching")
     ap.add_argument("--max-tries", type=int, default=4, help="runs per bracketed point, at most")
-    ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "bench-time")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--resume", action="store_true", help="keep the stored runs made by the same code and settings")
-    fresh_option(ap)
+    results_options(ap, RESULTS, workdir="bench-time")
     ap.add_argument("--quick", action="store_true", help="128 tweets, 50 %%, one and two epochs, into a temporary directory")
     ap.add_argument("--plot-only", action="store_true", help="print the tables and redraw the figure")
     args = ap.parse_args()

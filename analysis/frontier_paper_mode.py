@@ -34,7 +34,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
-from analysis.harness import fresh_option, kept, load_results, markdown_table, save_results  # noqa: E402
+from analysis.harness import kept, load_results, markdown_table, results_options, save_results  # noqa: E402
 from analysis.kept_weights import mlp_connectivity  # noqa: E402
 from analysis.figsave import pyplot, save_figure  # noqa: E402
 from analysis.fingerprint import code_fingerprint  # noqa: E402
@@ -144,10 +144,7 @@ def main():
     ap.add_argument("--baselines", type=lambda s: tuple(x for x in s.split(",") if x), default=BASELINES)
     ap.add_argument("--n-eval", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / "frontier")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--resume", action="store_true")
-    fresh_option(ap)
+    results_options(ap, RESULTS, workdir="frontier")
     ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args()
     res = load_results(args.out)

@@ -45,6 +45,18 @@ def fresh_option(parser) -> None:
                         help="drop the runs the results file holds and measure afresh (git keeps the old file)")
 
 
+def results_options(parser, out: Path, *, workdir: str | None = None) -> None:
+    """Add a benchmark's ``--workdir`` (under ``~/.cache/topoprune``, where its runs' models are kept),
+    ``--out`` (its results file, default ``out``), ``--resume`` and ``--fresh``."""
+    if workdir:
+        parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "topoprune" / workdir,
+                            help="where the runs' models are kept")
+    parser.add_argument("--out", type=Path, default=out, help="the results file")
+    parser.add_argument("--resume", action="store_true", help="continue the stored runs made with the same settings "
+                        "and code")
+    fresh_option(parser)
+
+
 def kept(stored: dict, same: bool, args, empty: dict, path: Path) -> dict:
     """The results a benchmark run continues: ``stored``, or ``empty`` -- never stored runs dropped unasked.
 
