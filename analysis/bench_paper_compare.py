@@ -151,13 +151,13 @@ def stands(res: dict, method: str, target: float, seed: int) -> dict | None:
     r = chosen(res, method, target, seed)
     if r is None or method == "dense":
         return r
-    goal = matched_sparsity(res, method, target, seed)
-    if goal is not None and abs(r["mlp_sparsity"] - goal) <= res.get("settings", {}).get("tolerance", 0.01):
+    if is_matched(res, r, target):
         return r
     return r if any(c["target"] == target for c in candidates(res, method, target, seed)) else None
 
 
 def is_matched(res: dict, r: dict, target: float) -> bool:
+    """Whether run ``r`` is within the stored tolerance of the sparsity it is matched to at ``target``."""
     goal = matched_sparsity(res, r["method"], target, r["seed"])
     return goal is not None and abs(r["mlp_sparsity"] - goal) <= res.get("settings", {}).get("tolerance", 0.01)
 

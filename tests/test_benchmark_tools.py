@@ -284,11 +284,9 @@ def stored_run(method, target, sparsity, **keys):
 def test_time_to_sparsity_pools_a_budgets_neuroprune_tries_across_targets_but_not_gmp_runs():
     from analysis import bench_time_to_sparsity as bt
 
-    def run(method, target, epochs, sparsity):
-        return stored_run(method, target, sparsity, epochs=epochs)
-
-    res = {"runs": {"a": run("neuroprune", 0.7, 2, 0.925), "b": run("neuroprune", 0.9, 2, 0.974),
-                    "c": run("neuroprune", 0.9, 3, 0.901), "d": run("gmp", 0.7, 2, 0.7)}}
+    res = {"runs": {"a": stored_run("neuroprune", 0.7, 0.925, epochs=2),
+                    "b": stored_run("neuroprune", 0.9, 0.974, epochs=2),
+                    "c": stored_run("neuroprune", 0.9, 0.901, epochs=3), "d": stored_run("gmp", 0.7, 0.7, epochs=2)}}
     assert bt.chosen(res, "neuroprune", 0.9, 2)["mlp_sparsity"] == 0.925  # bracketed for 70 %, nearer 90 %
     assert len(bt.runs_of(res, "neuroprune", 0.5, 2)) == 2 and not bt.runs_of(res, "neuroprune", 0.9, 1)
     assert bt.chosen(res, "gmp", 0.9, 2) is None  # a target-mode run stands for its own target only
@@ -320,18 +318,16 @@ def test_head_distance_table_counts_the_runs_removals_and_marks_a_zero_scale_lay
 def test_paper_compare_pools_a_seeds_penalised_tries_across_targets_but_not_gmp_runs():
     from analysis import bench_paper_compare as bp
 
-    def run(method, target, seed, sparsity):
-        return stored_run(method, target, sparsity, seed=seed)
-
-    res = {"runs": {"a": run("neuroprune", 0.5, 0, 0.695), "b": run("neuroprune", 0.7, 0, 0.95),
-                    "c": run("neuroprune", 0.7, 1, 0.70), "d": run("gmp", 0.5, 0, 0.5)}}
+    res = {"runs": {"a": stored_run("neuroprune", 0.5, 0.695, seed=0),
+                    "b": stored_run("neuroprune", 0.7, 0.95, seed=0),
+                    "c": stored_run("neuroprune", 0.7, 0.70, seed=1), "d": stored_run("gmp", 0.5, 0.5, seed=0)}}
     assert bp.chosen(res, "neuroprune", 0.7, 0)["mlp_sparsity"] == 0.695  # bracketed for 50 %, nearer 70 %
     assert len(bp.candidates(res, "neuroprune", 0.9, 0)) == 2  # another seed's runs do not count
     assert bp.chosen(res, "gmp", 0.7, 0) is None  # a target-mode run stands for its own target only
     assert bp.stands(res, "neuroprune", 0.7, 0)["mlp_sparsity"] == 0.695  # matched: reported
     assert bp.stands(res, "neuroprune", 0.9, 0) is None  # 95 % is not 90 % and no run was made for 90 %
     assert bp.stands(res, "neuroprune", 0.0, 0) is None and bp.stands(res, "neuroprune", 0.5, 1) is None
-    res["runs"]["e"] = run("neuroprune", 0.9, 0, 0.97)
+    res["runs"]["e"] = stored_run("neuroprune", 0.9, 0.97, seed=0)
     for name, r in res["runs"].items():
         r["name"] = name
     assert bp.stands(res, "neuroprune", 0.9, 0)["mlp_sparsity"] == 0.95  # tried for 90 %: reported, unmatched
